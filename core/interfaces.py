@@ -1,0 +1,152 @@
+"""The three interfaces every plugin implements: Potential, Ensemble, Observable.
+
+They are equinox modules (frozen dataclasses that are pytrees): trainable numbers are array
+leaves, settings are static fields.  core/ derives forces, virial and Born terms from
+`Potential.energy` by automatic differentiation, so a potential implements only its energy.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, ClassVar, Optional
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .neighbors import NeighborList
+from .system import Configuration
+
+
+class Potential(eqx.Module):
+    """Potential energy U(configuration) in eV.
+
+    Subclasses set `cutoff` (Å) and implement `energy`.  Potentials with internal fixed-size
+    buffers (e.g. graph triplets) override `overflow` (jit-compatible flag) and `grow`
+    (host-side: a copy with larger buffers); the ensemble/trainer checks and grows, never drops.
+    """
+
+    @property
+    @abc.abstractmethod
+    def cutoff(self) -> float:
+        ...
+
+    @abc.abstractmethod
+    def energy(self, conf: Configuration, nbrs: NeighborList) -> jnp.ndarray:
+        """Total potential energy (eV), a scalar."""
+
+    def overflow(self, conf: Configuration, nbrs: NeighborList) -> jnp.ndarray:
+        return jnp.asarray(False)
+
+    def grow(self, conf: Configuration, nbrs: NeighborList) -> "Potential":
+        raise OverflowError(f"{type(self).__name__} reported an internal buffer overflow but does not implement grow()")
+
+
+class StatePoint(eqx.Module):
+    """Thermodynamic state handed to ensembles and observables (internal units)."""
+
+    temperature: jnp.ndarray  # K
+    pressure: jnp.ndarray  # eV/Å³ (used by NPT ensembles)
+
+    def __init__(self, temperature, pressure=0.0):
+        self.temperature = jnp.asarray(temperature, dtype=jnp.asarray(0.0).dtype)
+        self.pressure = jnp.asarray(pressure, dtype=jnp.asarray(0.0).dtype)
+
+    @property
+    def kT(self):
+        from .units import BOLTZMANN_EV_PER_K
+
+        return BOLTZMANN_EV_PER_K * self.temperature
+
+
+class Trajectory(eqx.Module):
+    """Frames sampled by an ensemble; a pytree that `core.io` saves and loads.
+
+    positions (F, N, 3) Å, boxes (F, 3, 3), velocities (F, N, 3) Å/time-unit (zeros where an
+    ensemble has none), ref_energy (F,) eV = U_ref(S_i) of the potential that generated the
+    frames, times (F,) ps.
+    """
+
+    positions: jnp.ndarray
+    boxes: jnp.ndarray
+    velocities: jnp.ndarray
+    ref_energy: jnp.ndarray
+    times: jnp.ndarray
+    species: jnp.ndarray
+    masses: jnp.ndarray
+    state: StatePoint
+
+    @property
+    def n_frames(self) -> int:
+        return self.positions.shape[0]
+
+    @property
+    def n_atoms(self) -> int:
+        return self.positions.shape[1]
+
+    def frame(self, k) -> "Frame":
+        return Frame(Configuration(self.positions[k], self.species, self.boxes[k]), self.velocities[k], self.masses,
+                     self.state)
+
+    def frames(self) -> "Frame":
+        """All frames as one batched Frame (leading axis = frame) for jax.lax.map / vmap."""
+        f = self.n_frames
+        conf = Configuration(self.positions, jnp.broadcast_to(self.species, self.positions.shape[:2]), self.boxes,
+                             jnp.ones(self.positions.shape[:2], bool))
+        return Frame(conf, self.velocities, jnp.broadcast_to(self.masses, (f,) + self.masses.shape),
+                     jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (f,)), self.state))
+
+
+class Frame(eqx.Module):
+    """One sampled microstate with what observables may need."""
+
+    conf: Configuration
+    velocities: jnp.ndarray
+    masses: jnp.ndarray
+    state: StatePoint
+
+
+class Ensemble(eqx.Module):
+    """Samples a state point with a potential.
+
+    `sample` runs on the host (it allocates neighbor lists, handles overflow by reallocating
+    and redoing the segment, shows progress) and jits its inner loops.  It returns the
+    Trajectory and an opaque `carry` that a later call accepts as `restart` to continue from
+    the final state (the EXP trainer uses this between updates).
+    """
+
+    @abc.abstractmethod
+    def sample(self, potential: Potential, conf: Configuration, masses, state: StatePoint, key,
+               restart: Any = None, progress: Optional[Callable[[float, str], None]] = None) -> tuple[Trajectory, Any]:
+        ...
+
+
+class Observable(eqx.Module):
+    """An ensemble observable.
+
+    `per_frame(potential, frame, nbrs)` gives a pytree of per-frame values (may depend on the
+    potential's parameters, e.g. stress); `reduce(weights, values, traj_state)` turns weighted
+    per-frame values into the ensemble estimate (default: weighted mean), so fluctuation
+    formulas such as Cov(σ) fit.  Observables that are not reweightable (time correlations)
+    set `reweightable = False` and implement `from_trajectory` instead; the DiffTRe engine
+    refuses them as targets.
+    """
+
+    reweightable: ClassVar[bool] = True
+    #: user-facing unit of the estimate, e.g. "GPa"; `to_user` converts internal values to it
+    unit: ClassVar[str] = "1"
+    #: does per_frame need the potential (then it is evaluated with the trainable parameters)?
+    needs_potential: ClassVar[bool] = False
+
+    def per_frame(self, potential: Potential, frame: Frame, nbrs: NeighborList):
+        raise NotImplementedError(f"{type(self).__name__} does not define per-frame values")
+
+    def reduce(self, weights, values, frames: Frame):
+        return jax.tree_util.tree_map(lambda v: jnp.tensordot(weights, v, axes=1), values)
+
+    def to_user(self, estimate):
+        """Convert an internal-unit estimate to `unit` (identity unless overridden)."""
+        return estimate
+
+    def from_trajectory(self, traj: Trajectory):
+        """Evaluation-only observables compute their estimate from the whole trajectory."""
+        raise NotImplementedError(f"{type(self).__name__} is reweightable: use per_frame/reduce")

@@ -1,0 +1,127 @@
+"""Host-side driver shared by all ensembles: segments, neighbor lists, overflow, NaN, progress.
+
+An integrator is two pure functions over an immutable state pytree that has at least
+`positions`, `box`, `velocities`, `species` and `energy` (potential energy, eV) fields:
+
+    init(potential, conf, masses, state_point, nbrs, key) -> state
+    step(potential, state, nbrs, state_point) -> state      (one MD step; nbrs already updated)
+
+The driver jits `steps_per_frame` steps + a frame record, scans that over a chunk of frames,
+and after each chunk checks on the host: neighbor-list overflow or potential buffer overflow
+→ reallocate/grow, log, and redo the chunk from its starting state; NaN → `MDFailure`.
+Nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import neighbors as nb
+from .interfaces import Potential, StatePoint, Trajectory
+from .system import Configuration
+from .units import internal_to_ps
+
+log = logging.getLogger("fusepot.md")
+
+
+class MDFailure(RuntimeError):
+    """The simulation produced NaN/inf or an unrecoverable overflow."""
+
+
+@dataclass
+class Carry:
+    """What a later `sample(..., restart=carry)` continues from."""
+
+    state: Any
+    nbrs: nb.NeighborList
+    potential: Any = None  # the potential after any buffer growth (same parameters)
+
+
+def _advance(step, potential, state, nbrs, sp, n_steps):
+    def body(_, c):
+        s, n = c
+        n = nb.update(n, s.positions, s.box)
+        s = step(potential, s, n, sp)
+        return s, n
+
+    return jax.lax.fori_loop(0, n_steps, body, (state, nbrs))
+
+
+@eqx.filter_jit
+def _chunk(step, potential, state, nbrs, sp, steps_per_frame: int, n_frames: int):
+    def one(c, _):
+        s, n = _advance(step, potential, c[0], c[1], sp, steps_per_frame)
+        ovf = potential.overflow(Configuration(s.positions, s.species, s.box), n)
+        return (s, n), (s.positions, s.box, s.velocities, s.energy, ovf)
+
+    (state, nbrs), recs = jax.lax.scan(one, (state, nbrs), None, length=n_frames)
+    return state, nbrs, recs
+
+
+def _bad(x) -> bool:
+    return not bool(np.all(np.isfinite(np.asarray(x))))
+
+
+def run(step: Callable, init: Callable, potential: Potential, conf: Configuration, masses, sp: StatePoint, key,
+        dt: float, n_equilibration_steps: int, n_frames: int, steps_per_frame: int,
+        restart: Optional[Carry] = None, progress: Optional[Callable[[float, str], None]] = None,
+        skin: float = 0.5, capacity_factor: float = 1.3, chunk_frames: int = 50, label: str = "md"):
+    """Run equilibration + production and return (Trajectory, Carry).  dt in internal time."""
+    if restart is None:
+        nbrs = nb.allocate(conf.positions, conf.box, potential.cutoff, skin, capacity_factor)
+        state = init(potential, conf, jnp.asarray(masses), sp, nbrs, key)
+    else:
+        state, nbrs = restart.state, restart.nbrs
+    species = conf.species
+
+    eq_frames = int(math.ceil(n_equilibration_steps / max(steps_per_frame, 1))) if n_equilibration_steps else 0
+    # equilibration in chunks of whole "frames" too (records discarded)
+    plan = [("equilibration", eq_frames), ("production", n_frames)]
+    done_steps, total_steps = 0, (eq_frames + n_frames) * steps_per_frame
+    t0 = time.perf_counter()
+    records = []
+    for phase, frames in plan:
+        remaining = frames
+        while remaining > 0:
+            k = min(chunk_frames, remaining)
+            for attempt in range(8):
+                new_state, new_nbrs, recs = _chunk(step, potential, state, nbrs, sp, steps_per_frame, k)
+                nbr_ovf = bool(new_nbrs.overflow)
+                pot_ovf = bool(np.any(np.asarray(recs[4])))
+                if not (nbr_ovf or pot_ovf):
+                    break
+                pos = np.asarray(state.positions)
+                if nbr_ovf:
+                    log.warning("%s: neighbor list overflow (%d pairs > capacity %d); reallocating and redoing %d frames",
+                                label, int(new_nbrs.count), nbrs.capacity, k)
+                    nbrs = nb.allocate(pos, state.box, potential.cutoff, skin,
+                                       capacity_factor * max(1.0, int(new_nbrs.count) / max(nbrs.capacity, 1)) * 1.1)
+                if pot_ovf:
+                    log.warning("%s: potential buffer overflow; growing buffers and redoing %d frames", label, k)
+                    potential = potential.grow(Configuration(state.positions, species, state.box), nbrs)
+            else:
+                raise MDFailure(f"{label}: overflow persisted after 8 reallocations")
+            if _bad(new_state.positions) or _bad(recs[3]):
+                raise MDFailure(f"{label}: NaN/inf in positions or energy during {phase} "
+                                f"(after {done_steps} of {total_steps} steps); the potential is unstable here")
+            state, nbrs = new_state, new_nbrs
+            if phase == "production":
+                records.append(recs)
+            remaining -= k
+            done_steps += k * steps_per_frame
+            if progress is not None:
+                el = time.perf_counter() - t0
+                eta = el / done_steps * (total_steps - done_steps)
+                progress(done_steps / total_steps, f"{label} {phase} {done_steps}/{total_steps} steps, ETA {eta:.0f} s")
+    cat = [jnp.concatenate([r[i] for r in records]) for i in range(4)]
+    times = internal_to_ps(dt) * steps_per_frame * (jnp.arange(n_frames) + 1)
+    traj = Trajectory(cat[0], cat[1], cat[2], cat[3], times, species, jnp.asarray(masses), sp)
+    return traj, Carry(state, nbrs, potential)
