@@ -146,7 +146,9 @@ def evaluate_frames(potential: Potential, traj: Trajectory, observables: dict, t
 
     Reallocates neighbor templates on overflow (logged) and retries; returns the templates used.
     """
-    templates = templates or allocate_templates(potential, traj, observables)
+    needed = {repr(float(potential.cutoff))} | {repr(_obs_cutoff(o, potential)) for o in observables.values()}
+    if templates is None or not needed <= set(templates.lists):
+        templates = allocate_templates(potential, traj, observables)
     for attempt in range(6):
         u, vals, ovf = _eval_all(potential, observables, templates, traj.frames(), batch_size)
         if not bool(jnp.any(ovf)):

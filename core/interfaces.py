@@ -119,6 +119,13 @@ class Ensemble(eqx.Module):
                restart: Any = None, progress: Optional[Callable[[float, str], None]] = None) -> tuple[Trajectory, Any]:
         ...
 
+    def initial_carry(self, potential: Potential, conf: Configuration, masses, state: StatePoint, key) -> Any:
+        """The carry `sample` would start from (used as a template to load checkpoints).
+
+        Ensembles that cannot provide one return None; a resumed run then restarts their
+        sampling from scratch."""
+        return None
+
 
 class Observable(eqx.Module):
     """An ensemble observable.

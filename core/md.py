@@ -45,6 +45,13 @@ class Carry:
     potential: Any = None  # the potential after any buffer growth (same parameters)
 
 
+def init_carry(init: Callable, potential: Potential, conf: Configuration, masses, sp: StatePoint, key,
+               skin: float = 0.5, capacity_factor: float = 1.3) -> Carry:
+    """The Carry a fresh run starts from (also the template for loading a checkpointed Carry)."""
+    nbrs = nb.allocate(conf.positions, conf.box, potential.cutoff, skin, capacity_factor)
+    return Carry(init(potential, conf, jnp.asarray(masses), sp, nbrs, key), nbrs, potential)
+
+
 def _advance(step, potential, state, nbrs, sp, n_steps):
     def body(_, c):
         s, n = c
@@ -76,8 +83,8 @@ def run(step: Callable, init: Callable, potential: Potential, conf: Configuratio
         skin: float = 0.5, capacity_factor: float = 1.3, chunk_frames: int = 50, label: str = "md"):
     """Run equilibration + production and return (Trajectory, Carry).  dt in internal time."""
     if restart is None:
-        nbrs = nb.allocate(conf.positions, conf.box, potential.cutoff, skin, capacity_factor)
-        state = init(potential, conf, jnp.asarray(masses), sp, nbrs, key)
+        fresh = init_carry(init, potential, conf, masses, sp, key, skin, capacity_factor)
+        state, nbrs = fresh.state, fresh.nbrs
     else:
         state, nbrs = restart.state, restart.nbrs
     species = conf.species

@@ -116,6 +116,13 @@ def _build(positions, box, images, cutoff, capacity, atom_mask, minimum_image=Fa
     return i, j, shifts, valid, count
 
 
+def bucket_capacity(n: int) -> int:
+    """Round a capacity up to the next of a geometric ladder (×2^(1/4)), multiple of 16, so that
+    small changes in pair counts reuse the same compiled functions instead of recompiling."""
+    k = math.ceil(4 * math.log2(max(n, 16)))
+    return int(16 * math.ceil(2 ** (k / 4) / 16))
+
+
 def allocate(positions, box, cutoff: float, skin: float = 0.5, capacity_factor: float = 1.3,
              atom_mask=None, min_capacity: int = 16) -> NeighborList:
     """Host-side: count pairs, choose a capacity and build the list."""
@@ -129,7 +136,7 @@ def allocate(positions, box, cutoff: float, skin: float = 0.5, capacity_factor: 
     atom_mask = jnp.ones(positions.shape[0], bool) if atom_mask is None else jnp.asarray(atom_mask, bool)
     ok, _, _ = _candidate_pairs(positions, box, images, r, atom_mask, mi)
     count = int(jnp.sum(ok))
-    capacity = max(min_capacity, int(math.ceil(count * capacity_factor)))
+    capacity = bucket_capacity(max(min_capacity, int(math.ceil(count * capacity_factor))))
     i, j, shifts, valid, cnt = _build(positions, box, images, r, capacity, atom_mask, mi)
     return NeighborList(i, j, shifts, valid, positions, box, jnp.asarray(False), cnt, images, cutoff, skin, mi)
 

@@ -58,6 +58,9 @@ class LangevinNVT(Ensemble):
         v = v + 0.5 * dt * f / m
         return MDState(x, v, f, e, s.box, s.species, s.masses, key)
 
+    def initial_carry(self, potential, conf, masses, state, key):
+        return md.init_carry(_init, potential, conf, masses, state, key, self.run.neighbor_skin)
+
     def sample(self, potential, conf, masses, state, key, restart=None, progress=None):
         r = self.run
         return md.run(self.step, _init, potential, conf, masses, state, key, self.timestep,

@@ -1,0 +1,144 @@
+"""The `fusepot` command line.
+
+Exit codes: 0 success, 1 a run failed (e.g. MD kept exploding), 2 bad input (spec, dataset,
+checkpoint, flag) with a one-paragraph message; `--debug` shows tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+class UsageError(Exception):
+    """Bad input: exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print(f"fusepot: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fusepot", description="Train interatomic potentials on DFT data and experimental observables.")
+    p.add_argument("--version", action="version", version=f"fusepot {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("plugins", help="list potentials, ensembles and observables and the package providing each")
+    v = sub.add_parser("validate", help="validate a spec file")
+    v.add_argument("spec")
+    s = sub.add_parser("schema", help="write the spec's JSON schema")
+    s.add_argument("-o", "--output", help="file to write (default: stdout)")
+    r = sub.add_parser("run", help="run a spec")
+    r.add_argument("spec")
+    r.add_argument("--out", help="output folder (overrides the spec's `output`)")
+    r.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def _cmd_plugins(args) -> int:
+    from .plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    rows = [(c.kind, c.name, c.package, c.description) for c in pm.components()]
+    w = [max(len(r[i]) for r in rows + [("kind", "name", "package", "")]) for i in range(3)]
+    print(f"{'kind':<{w[0]}}  {'name':<{w[1]}}  {'package':<{w[2]}}  description")
+    for r in rows:
+        print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    print(f"{args.spec}: valid ({spec.trainer.kind} trainer, {len(spec.state_points)} state point(s))")
+    return 0
+
+
+def _cmd_schema(args) -> int:
+    from .plugins import get_plugin_manager
+    from .spec import json_schema
+
+    schema = json_schema()
+    schema["x-fusepot-plugins"] = {
+        c.kind + ":" + c.name: c.params.model_json_schema() for c in get_plugin_manager().components()}
+    text = json.dumps(schema, indent=2)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import yaml
+
+    from .checkpoint import CheckpointError
+    from .progress import Progress
+    from .spec import load_spec
+
+    spec_path = Path(args.spec)
+    spec = load_spec(spec_path)
+    out = Path(args.out or spec.output)
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise UsageError(f"output folder {out} is not empty; use --resume to continue it or choose another --out "
+                         f"(nothing was overwritten)")
+    if args.resume and (out / "spec.resolved.yaml").exists():
+        old = yaml.safe_load((out / "spec.resolved.yaml").read_text())
+        new = spec.model_dump(mode="json")
+        old.pop("output", None), new.pop("output", None)
+        if old != new:
+            raise UsageError(f"--resume: {spec_path} differs from the spec the run in {out} was started with "
+                             f"({out / 'spec.resolved.yaml'}); resume with the same spec")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.resolved.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    progress = Progress(spec.progress_every_s, enabled=not args.quiet)
+    from .trainers import run_spec
+
+    try:
+        result = run_spec(spec, spec_path.parent, out, progress, resume=args.resume)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from exc
+    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+    progress.line(f"done; results in {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="[fusepot] %(levelname)s %(name)s: %(message)s")
+    from .plugins import PluginError
+    from .spec import SpecError
+
+    handlers = {"plugins": _cmd_plugins, "validate": _cmd_validate, "schema": _cmd_schema, "run": _cmd_run}
+    try:
+        return handlers[args.command](args)
+    except (UsageError, SpecError, PluginError) as exc:
+        if args.debug:
+            raise
+        print(f"fusepot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fusepot: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001
+        if args.debug:
+            raise
+        print(f"fusepot: {args.command} failed: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Optimiser construction from the spec (optax) and parameter partitioning."""
+from __future__ import annotations
+
+import equinox as eqx
+import optax
+
+from .spec import OptimizerSpec, SpecError
+
+
+def schedule(o: OptimizerSpec):
+    s = o.schedule
+    if s.name == "constant":
+        return optax.constant_schedule(o.learning_rate)
+    if s.name == "exponential_decay":
+        return optax.exponential_decay(o.learning_rate, s.transition_steps, s.decay_rate)
+    return optax.cosine_decay_schedule(o.learning_rate, s.transition_steps, s.alpha)
+
+
+def make_optimizer(o: OptimizerSpec, where: str = "optimizer") -> optax.GradientTransformation:
+    fn = getattr(optax, o.name, None)
+    if fn is None or not callable(fn):
+        raise SpecError(f"{where}.name: unknown optax optimiser {o.name!r}")
+    try:
+        opt = fn(learning_rate=schedule(o), **o.params)
+    except TypeError as exc:
+        raise SpecError(f"{where}.params: {exc}") from None
+    if o.clip_norm is not None:
+        opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
+    return opt
+
+
+def trainable(model):
+    """(params, static) split: every inexact array leaf is trainable."""
+    return eqx.partition(model, eqx.is_inexact_array)

@@ -1,0 +1,228 @@
+"""The experiment spec: one YAML file describes a run; validated by pydantic 2.
+
+Plugin parameter blocks are validated by the plugin's own pydantic model, so errors name the
+full field path (e.g. ``state_points.1.targets.0.observable.params.bins``).  Unknown keys are
+errors everywhere.  Numbers are in user units, stated in field names or `unit` fields:
+K, GPa, Å, ps, eV, amu.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import units
+from .plugins import PluginManager, get_plugin_manager
+
+
+class SpecError(ValueError):
+    """Invalid spec; the message names the field path and what was expected."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginRef(_Strict):
+    name: str = Field(..., description="plugin component name (see `fusepot plugins`)")
+    params: dict[str, Any] = Field(default_factory=dict, description="parameters validated by the plugin's own model")
+
+
+class CrystalSpec(_Strict):
+    """Arguments of ase.build.bulk (lattice constants in Å)."""
+    element: str
+    structure: str = Field(..., description="fcc, bcc, hcp, diamond, ...")
+    a: float = Field(..., gt=0, description="lattice constant a in Å")
+    c: Optional[float] = Field(None, gt=0, description="lattice constant c in Å (hcp)")
+    cubic: bool = False
+    orthorhombic: bool = False
+
+
+class SystemSpec(_Strict):
+    crystal: Optional[CrystalSpec] = None
+    file: Optional[str] = Field(None, description="structure file readable by ASE (relative to the spec)")
+    supercell: tuple[int, int, int] = (1, 1, 1)
+    species: Optional[list[str]] = Field(None, description="chemical symbols in type-index order (default: sorted)")
+    rattle: float = Field(0.0, ge=0, description="random displacement amplitude in Å applied at start")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.crystal is None) == (self.file is None):
+            raise ValueError("give exactly one of 'crystal' or 'file'")
+        return self
+
+
+class BoxSpec(_Strict):
+    """Box of a state point: lattice constants (rebuilds the crystal) or an explicit matrix (rows, Å)."""
+    lattice: Optional[dict[Literal["a", "c"], float]] = None
+    matrix: Optional[list[list[float]]] = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.lattice is None) == (self.matrix is None):
+            raise ValueError("give exactly one of 'lattice' or 'matrix'")
+        if self.matrix is not None and (len(self.matrix) != 3 or any(len(r) != 3 for r in self.matrix)):
+            raise ValueError("matrix must be 3×3 (rows are lattice vectors in Å)")
+        return self
+
+
+class TargetSpec(_Strict):
+    name: Optional[str] = Field(None, description="label (default: observable name)")
+    observable: PluginRef
+    value: Union[float, list[float]] = Field(..., description="experimental value(s) in `unit`")
+    unit: str = Field(..., description="unit of value and uncertainty, e.g. GPa, eV/atom")
+    weight: Optional[float] = Field(None, ge=0, description="loss weight λ in 1/unit²")
+    uncertainty: Optional[float] = Field(None, gt=0, description="σ in unit; λ = 1/σ²")
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, v):
+        units.canonical(v)
+        return v
+
+    @model_validator(mode="after")
+    def _weight(self):
+        if (self.weight is None) == (self.uncertainty is None):
+            raise ValueError("give exactly one of 'weight' or 'uncertainty'")
+        return self
+
+
+class StatePointSpec(_Strict):
+    name: str
+    temperature: float = Field(..., gt=0, description="K")
+    pressure: float = Field(0.0, description="GPa (NPT ensembles)")
+    box: Optional[BoxSpec] = None
+    ensemble: PluginRef
+    targets: list[TargetSpec] = Field(default_factory=list)
+
+
+class ScheduleSpec(_Strict):
+    name: Literal["constant", "exponential_decay", "cosine_decay"] = "constant"
+    decay_rate: float = Field(0.1, gt=0, description="exponential_decay: factor reached after transition_steps")
+    transition_steps: int = Field(100, ge=1)
+    alpha: float = Field(0.0, ge=0, description="cosine_decay: final fraction")
+
+
+class OptimizerSpec(_Strict):
+    name: str = Field("adam", description="an optax optimiser name, e.g. adam, adamw, sgd")
+    learning_rate: float = Field(1e-3, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments, e.g. b1, b2")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    clip_norm: Optional[float] = Field(None, gt=0, description="global gradient-norm clipping")
+
+
+class ExpTrainerSpec(_Strict):
+    kind: Literal["exp"] = "exp"
+    updates: int = Field(..., ge=1, description="number of DiffTRe updates")
+    reuse_threshold: float = Field(0.9, ge=0, le=1,
+                                   description="regenerate a trajectory when N_eff/N falls below this (1.0: every update)")
+    reweight_batch: int = Field(8, ge=1, description="frames per vectorised chunk when reweighting")
+    max_failures: int = Field(3, ge=0, description="MD failures tolerated before the run stops")
+    lr_reduction_on_failure: float = Field(0.5, gt=0, le=1)
+
+
+TrainerSpec = ExpTrainerSpec
+
+
+class ExperimentSpec(_Strict):
+    name: str = "run"
+    seed: int = 0
+    dtype: Literal["float32", "float64"] = "float32"
+    output: str = Field("runs/run", description="output folder (relative to the working directory)")
+    system: SystemSpec
+    potential: PluginRef
+    prior: Optional[PluginRef] = Field(None, description="fixed prior potential added to the trained one")
+    state_points: list[StatePointSpec] = Field(..., min_length=1)
+    trainer: TrainerSpec
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    progress_every_s: float = Field(5.0, gt=0, description="seconds between progress lines")
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [s.name for s in self.state_points]
+        if len(set(names)) != len(names):
+            raise ValueError(f"state point names must be unique, got {names}")
+        return self
+
+
+def _fmt_loc(loc) -> str:
+    return ".".join(str(x) for x in loc)
+
+
+def _format_validation(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in exc.errors():
+        loc = _fmt_loc(((prefix,) if prefix else ()) + tuple(e["loc"]))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here)"
+        lines.append(f"  {loc or '<root>'}: {msg}" + (f" (got {e['input']!r})" if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e.get("input"), dict) else ""))
+    return "\n".join(lines)
+
+
+def _validate_plugin_params(spec: ExperimentSpec, pm: PluginManager) -> None:
+    errors = []
+
+    def check(kind, ref: PluginRef, path: str):
+        try:
+            comp = pm.get(kind, ref.name)
+        except KeyError as exc:
+            errors.append(f"  {path}.name: {exc.args[0]}")
+            return
+        try:
+            comp.params.model_validate(ref.params)
+        except ValidationError as exc:
+            errors.append(_format_validation(exc, f"{path}.params"))
+
+    check("potential", spec.potential, "potential")
+    if spec.prior is not None:
+        check("potential", spec.prior, "prior")
+    for i, sp in enumerate(spec.state_points):
+        check("ensemble", sp.ensemble, f"state_points.{i}.ensemble")
+        for j, t in enumerate(sp.targets):
+            path = f"state_points.{i}.targets.{j}.observable"
+            check("observable", t.observable, path)
+            try:
+                comp = pm.get("observable", t.observable.name)
+            except KeyError:
+                continue
+            if not comp.cls.reweightable:
+                errors.append(f"  {path}.name: {t.observable.name!r} is evaluation-only (a time-correlation "
+                              f"observable) and cannot be a DiffTRe target")
+                continue
+            try:
+                units.convert(1.0, t.unit, comp.cls.unit)
+            except ValueError as exc:
+                errors.append(f"  state_points.{i}.targets.{j}.unit: {exc}")
+    if errors:
+        raise SpecError("invalid spec:\n" + "\n".join(errors))
+
+
+def parse_spec(data: dict, pm: PluginManager | None = None, source: str = "<spec>") -> ExperimentSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a YAML mapping at the top level")
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"invalid spec {source}:\n" + _format_validation(exc)) from None
+    _validate_plugin_params(spec, pm or get_plugin_manager())
+    return spec
+
+
+def load_spec(path, pm: PluginManager | None = None) -> ExperimentSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(data, pm, str(path))
+
+
+def json_schema() -> dict:
+    """JSON schema of the spec (plugin parameter blocks are free-form here; `fusepot plugins`
+    lists each plugin's own schema)."""
+    return ExperimentSpec.model_json_schema()

@@ -1,0 +1,12 @@
+"""Trainers: DFT (bottom-up), EXP (DiffTRe, top-down) and their combinations."""
+
+
+def run_spec(spec, spec_dir, out_dir, progress, resume: bool = False) -> dict:
+    """Run the trainer the spec names; returns a JSON-able summary."""
+    if spec.trainer.kind == "exp":
+        from .exp import ExpTrainer
+
+        trainer = ExpTrainer(spec, spec_dir, out_dir, progress)
+        trainer.run(resume=resume)
+        return {"trainer": "exp", "updates": trainer.update_index, "final_estimates": trainer.final_estimates()}
+    raise ValueError(f"unknown trainer kind {spec.trainer.kind!r}")

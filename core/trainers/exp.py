@@ -1,0 +1,239 @@
+"""EXP trainer: DiffTRe over one or more state points.
+
+One update = for every state point, sample (or reuse) a trajectory with the current potential,
+reweight to the current parameters, compute the loss Σ_m λ_m mean((⟨O_m⟩ − Õ_m)²); the update's
+loss is the mean over state points; one optimiser step.  A trajectory is reused while its
+N_eff/N stays above `reuse_threshold`.  MD failures (NaN, unrecoverable overflow) reject the
+update: parameters roll back, the learning rate is scaled down, the event is logged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import checkpoint as ckpt
+from .. import difftre
+from ..build import build_ensemble, build_potential, build_system, build_targets, state_configuration, state_point
+from ..interfaces import Ensemble, Potential, StatePoint, Trajectory
+from ..md import Carry, MDFailure
+from ..optim import make_optimizer, trainable
+from ..progress import Progress
+from ..spec import ExperimentSpec
+
+log = logging.getLogger("fusepot.exp")
+
+
+@dataclass
+class StatePointRun:
+    name: str
+    conf: Any
+    masses: Any
+    state: StatePoint
+    ensemble: Ensemble
+    targets: list
+    traj: Optional[Trajectory] = None
+    carry: Optional[Carry] = None
+    templates: Any = None
+
+
+def _dtype(spec):
+    if spec.dtype == "float64" and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+    return jnp.float64 if spec.dtype == "float64" else jnp.float32
+
+
+class ExpTrainer:
+    """Runs the DiffTRe loop described by an ExperimentSpec, writing into `out_dir`."""
+
+    def __init__(self, spec: ExperimentSpec, spec_dir: Path, out_dir: Path, progress: Progress | None = None):
+        self.spec, self.spec_dir, self.out = spec, Path(spec_dir), Path(out_dir)
+        self.progress = progress or Progress(spec.progress_every_s)
+        self.dtype = _dtype(spec)
+        system = build_system(spec, self.spec_dir, self.dtype)
+        self.species = system.species
+        self.potential: Potential = build_potential(spec, system.species, self.spec_dir, self.dtype)
+        self.points: list[StatePointRun] = []
+        for i, sp in enumerate(spec.state_points):
+            self.points.append(StatePointRun(
+                sp.name, state_configuration(spec, sp, system, self.spec_dir, self.dtype), jnp.asarray(system.masses, self.dtype),
+                state_point(sp), build_ensemble(sp, i, self.spec_dir, self.dtype),
+                build_targets(sp, i, system.species, self.spec_dir, self.dtype)))
+        self.optimizer = make_optimizer(spec.optimizer)
+        params, _ = trainable(self.potential)
+        self.opt_state = self.optimizer.init(params)
+        self.key = jax.random.PRNGKey(spec.seed)
+        self.update_index = 0
+        self.lr_scale = 1.0
+        self.failures = 0
+        self._before_step = None
+
+    # -- sampling ------------------------------------------------------------------------------
+    def _sample(self, pt: StatePointRun, key) -> None:
+        t0 = time.perf_counter()
+        self.progress.prefix = f"update {self.update_index + 1}/{self.spec.trainer.updates} | {pt.name}: "
+        traj, carry = pt.ensemble.sample(self.potential, pt.conf, pt.masses, pt.state, key, restart=pt.carry,
+                                         progress=self.progress)
+        if carry is not None and carry.potential is not None and carry.potential is not self.potential:
+            # the ensemble grew internal buffers (same parameters): adopt the grown structure
+            self.potential = carry.potential
+        # U_ref recomputed by the reweighting code path itself, so that weights are exactly 1/N at θ = θ̂
+        u, _, templates = difftre.evaluate_frames(self.potential, traj, {}, pt.templates, self.spec.trainer.reweight_batch)
+        pt.traj = eqx.tree_at(lambda t: t.ref_energy, traj, u)
+        pt.carry = carry
+        # keep the neighbor templates: same shapes → no recompilation; overflow is checked and reallocated
+        pt.templates = pt.templates or templates
+        return time.perf_counter() - t0
+
+    # -- one update ----------------------------------------------------------------------------
+    def _update(self):
+        tr = self.spec.trainer
+        results, record = [], {"update": self.update_index + 1, "state_points": {}}
+        t_sample = t_rew = 0.0
+        for pt in self.points:
+            self.key, sub = jax.random.split(self.key)
+            resampled = False
+            r = None
+            if pt.traj is not None:
+                t0 = time.perf_counter()
+                r = difftre.reweight(self.potential, pt.traj, pt.targets, templates=pt.templates, batch_size=tr.reweight_batch)
+                t_rew += time.perf_counter() - t0
+                if r.n_eff / pt.traj.n_frames < tr.reuse_threshold:
+                    r = None
+            if r is None:
+                t_sample += self._sample(pt, sub)
+                resampled = True
+                t0 = time.perf_counter()
+                r = difftre.reweight(self.potential, pt.traj, pt.targets, templates=pt.templates,
+                                     batch_size=tr.reweight_batch)
+                t_rew += time.perf_counter() - t0
+            pt.templates = r.templates
+            results.append(r)
+            record["state_points"][pt.name] = {
+                "loss": r.loss, "n_eff": r.n_eff, "n_frames": pt.traj.n_frames, "resampled": resampled,
+                "targets": {t.name: {"estimate": np.asarray(r.estimates[t.name]).tolist(),
+                                     "target": np.asarray(t.value_in_obs_unit).tolist(), "unit": t.obs_unit,
+                                     "loss_term": r.terms[t.name]} for t in pt.targets},
+            }
+            self.progress.line(f"update {self.update_index + 1} | {pt.name}: loss {r.loss:.4g}, "
+                               f"N_eff {r.n_eff:.1f}/{pt.traj.n_frames}" + (" (resampled)" if resampled else " (reused)") +
+                               "".join(f", {t.name} {np.round(np.asarray(r.estimates[t.name]), 4).tolist()} "
+                                       f"(target {np.round(t.value_in_obs_unit, 4).tolist()} {t.obs_unit})" for t in pt.targets))
+        n = len(results)
+        loss = sum(r.loss for r in results) / n
+        grads = jax.tree_util.tree_map(lambda *g: sum(g) / n, *[r.grad for r in results])
+        params, static = trainable(self.potential)
+        self._before_step = (self.potential, self.opt_state)
+        updates, self.opt_state = self.optimizer.update(grads, self.opt_state, params)
+        updates = jax.tree_util.tree_map(lambda u: u * self.lr_scale, updates)
+        new_params = eqx.apply_updates(params, updates)
+        if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(new_params)):
+            raise FloatingPointError("non-finite parameters after the optimiser step")
+        self.potential = eqx.combine(new_params, static)
+        record.update(loss=loss, sample_s=t_sample, reweight_s=t_rew, lr_scale=self.lr_scale)
+        return record
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _save(self) -> None:
+        d = self.out / "checkpoint"
+        d.mkdir(parents=True, exist_ok=True)
+        ckpt.save_tree(d / "potential.npz", self.potential)
+        ckpt.save_tree(d / "optimizer.npz", self.opt_state)
+        for i, pt in enumerate(self.points):
+            if pt.traj is not None:
+                ckpt.save_tree(d / f"traj_{i}.npz", pt.traj)
+            if pt.carry is not None:
+                ckpt.save_tree(d / f"carry_{i}.npz", (pt.carry.state, pt.carry.nbrs))
+        # metadata last: it marks the checkpoint as complete
+        ckpt.save_json(d / "meta.json", {"update": self.update_index, "key": np.asarray(self.key).tolist(),
+                                         "lr_scale": self.lr_scale, "failures": self.failures,
+                                         "has_traj": [pt.traj is not None for pt in self.points],
+                                         "has_carry": [pt.carry is not None for pt in self.points]})
+
+    def _load(self) -> None:
+        d = self.out / "checkpoint"
+        meta = ckpt.load_json(d / "meta.json")
+        self.potential = ckpt.load_tree(d / "potential.npz", self.potential)
+        params, _ = trainable(self.potential)
+        self.opt_state = ckpt.load_tree(d / "optimizer.npz", self.optimizer.init(params))
+        self.update_index, self.lr_scale, self.failures = meta["update"], meta["lr_scale"], meta["failures"]
+        self.key = jnp.asarray(meta["key"], dtype=jnp.uint32)
+        for i, pt in enumerate(self.points):
+            if meta["has_traj"][i]:
+                like = Trajectory(*(jnp.zeros((1,) + x.shape[1:], x.dtype) if hasattr(x, "shape") else x for x in (
+                    jnp.zeros((1, pt.conf.n_atoms, 3), self.dtype), jnp.zeros((1, 3, 3), self.dtype),
+                    jnp.zeros((1, pt.conf.n_atoms, 3), self.dtype), jnp.zeros((1,), self.dtype), jnp.zeros((1,), self.dtype))),
+                    pt.conf.species, pt.masses, pt.state)
+                pt.traj = ckpt.load_tree(d / f"traj_{i}.npz", like)
+            if meta["has_carry"][i]:
+                tmpl = pt.ensemble.initial_carry(self.potential, pt.conf, pt.masses, pt.state, jax.random.PRNGKey(0))
+                if tmpl is not None:
+                    state, nbrs = ckpt.load_tree(d / f"carry_{i}.npz", (tmpl.state, tmpl.nbrs))
+                    pt.carry = Carry(state, nbrs, self.potential)
+        self.progress.line(f"resumed from {d} after update {self.update_index}")
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> Potential:
+        tr = self.spec.trainer
+        self.out.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.out / "metrics.jsonl"
+        if resume and (self.out / "checkpoint" / "meta.json").exists():
+            self._load()
+        elif resume:
+            self.progress.line(f"--resume: no checkpoint in {self.out}; starting fresh")
+        if self.update_index == 0 and metrics_path.exists():
+            metrics_path.unlink()
+        t_start = time.perf_counter()
+        while self.update_index < tr.updates:
+            t0 = time.perf_counter()
+            backup = [(p.traj, p.carry, p.templates) for p in self.points]
+            try:
+                record = self._update()
+            except (MDFailure, FloatingPointError, OverflowError) as exc:
+                self.failures += 1
+                # roll back the optimiser step that produced the failing parameters; sampling restarts
+                # from the last good trajectories/states
+                if self._before_step is not None:
+                    self.potential, self.opt_state = self._before_step
+                    self._before_step = None
+                for p, (t, c, tm) in zip(self.points, backup):
+                    p.traj, p.carry, p.templates = t, c, tm
+                self.lr_scale *= tr.lr_reduction_on_failure
+                msg = (f"update {self.update_index + 1} rejected ({type(exc).__name__}: {exc}); parameters rolled back, "
+                       f"learning-rate scale now {self.lr_scale:g} (failure {self.failures}/{tr.max_failures})")
+                log.warning(msg)
+                self.progress.line(msg)
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps({"update": self.update_index + 1, "rejected": str(exc)}) + "\n")
+                if self.failures > tr.max_failures:
+                    raise MDFailure(f"too many failed updates ({self.failures}); last: {exc}") from exc
+                continue
+            self.update_index += 1
+            record["wall_s"] = time.perf_counter() - t0
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            self._save()
+            el = time.perf_counter() - t_start
+            self.progress.line(f"update {self.update_index}/{tr.updates} done: loss {record['loss']:.4g} "
+                               f"({record['wall_s']:.1f} s; sampling {record['sample_s']:.1f} s, reweighting "
+                               f"{record['reweight_s']:.1f} s)")
+        ckpt.save_tree(self.out / "final_potential.npz", self.potential)
+        return self.potential
+
+    def final_estimates(self) -> dict:
+        """Reweighted estimates at the final parameters on the last trajectories (no gradient)."""
+        out = {}
+        for pt in self.points:
+            if pt.traj is None:
+                continue
+            r = difftre.reweight(self.potential, pt.traj, pt.targets, with_grad=False, batch_size=self.spec.trainer.reweight_batch)
+            out[pt.name] = {t.name: np.asarray(r.estimates[t.name]).tolist() for t in pt.targets} | {"n_eff": r.n_eff}
+        return out
