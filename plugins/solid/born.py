@@ -1,0 +1,55 @@
+"""Born (affine) strain derivatives of the potential energy in Voigt form.
+
+σ^B_I = (1/V) ∂U/∂η_I and C^B_IJ = (1/V) ∂²U/∂η_I∂η_J at η = 0, for a homogeneous deformation
+of positions *and* box (fixed fractional coordinates) with Green–Lagrange strain η (6
+engineering-Voigt components, see voigt.py): x → x F with the symmetric stretch
+F = sqrt(I + 2η) = I + η − η²/2 + O(η³) (exact to the second order the derivatives need).
+
+Cost: one linearisation of the reverse-mode strain gradient and 6 forward-mode tangents
+(forward-over-reverse Hessian–vector products) — never a 9×9 Hessian or 36 second passes.
+
+Why Lagrangian strain: the stress-fluctuation formula with the ideal-gas term
+(N kT/V)(δ_ik δ_jl + δ_il δ_jk) is exact for derivatives w.r.t. η (Ray 1988; LAMMPS
+`compute born/matrix`).  With the linear strain F = I + ε the Born tensor would carry extra
+terms ∝ σ; the two agree at zero stress.  σ^B is the same for both (first order).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fusepot.core.interfaces import Potential
+from fusepot.core.neighbors import NeighborList
+from fusepot.core.system import Configuration
+
+from .voigt import strain_from_voigt
+
+
+def strain_energy_fn(potential: Potential, conf: Configuration, nbrs: NeighborList):
+    """e (6,) engineering-Voigt Lagrangian strain η → U(conf deformed by sqrt(I + 2η)) in eV."""
+
+    def u(e):
+        eta = strain_from_voigt(e)
+        return potential.energy(conf.strained(eta - 0.5 * eta @ eta), nbrs)
+
+    return u
+
+
+def born_stress_voigt(potential: Potential, conf: Configuration, nbrs: NeighborList):
+    """σ^B (6,) in eV/Å³, positive = tensile (same sign as core.mechanics.born_stress)."""
+    zero = jnp.zeros(6, conf.positions.dtype)
+    return jax.grad(strain_energy_fn(potential, conf, nbrs))(zero) / conf.volume()
+
+
+def born_terms(potential: Potential, conf: Configuration, nbrs: NeighborList):
+    """(σ^B (6,), C^B (6, 6)) in eV/Å³ by forward-over-reverse differentiation.
+
+    The reverse pass (gradient) is linearised once; the 6 Voigt unit tangents are pushed
+    through the linearisation together (vmap), giving the Hessian columns.
+    """
+    zero = jnp.zeros(6, conf.positions.dtype)
+    grad_u = jax.grad(strain_energy_fn(potential, conf, nbrs))
+    g, hvp = jax.linearize(grad_u, zero)
+    hess = jax.vmap(hvp)(jnp.eye(6, dtype=zero.dtype))
+    v = conf.volume()
+    return g / v, 0.5 * (hess + hess.T) / v
