@@ -73,6 +73,15 @@ def _chunk(step, potential, state, nbrs, sp, steps_per_frame: int, n_frames: int
     return state, nbrs, recs
 
 
+def _kinetic_temperature(velocities, masses):
+    """Per-frame kinetic temperature (K) of recorded velocities (F, N, 3)."""
+    from .units import BOLTZMANN_EV_PER_K
+
+    v = np.asarray(velocities)
+    ke = 0.5 * np.sum(np.asarray(masses)[None, :, None] * v * v, axis=(1, 2))
+    return 2.0 * ke / (3.0 * v.shape[1] * BOLTZMANN_EV_PER_K)
+
+
 def _bad(x) -> bool:
     return not bool(np.all(np.isfinite(np.asarray(x))))
 
@@ -80,8 +89,13 @@ def _bad(x) -> bool:
 def run(step: Callable, init: Callable, potential: Potential, conf: Configuration, masses, sp: StatePoint, key,
         dt: float, n_equilibration_steps: int, n_frames: int, steps_per_frame: int,
         restart: Optional[Carry] = None, progress: Optional[Callable[[float, str], None]] = None,
-        skin: float = 0.5, capacity_factor: float = 1.3, chunk_frames: int = 50, label: str = "md"):
-    """Run equilibration + production and return (Trajectory, Carry).  dt in internal time."""
+        skin: float = 0.5, capacity_factor: float = 1.3, chunk_frames: int = 50, label: str = "md",
+        explosion_factor: float = 20.0):
+    """Run equilibration + production and return (Trajectory, Carry).  dt in internal time.
+
+    Raises MDFailure on NaN/inf, or when the kinetic temperature of a recorded frame exceeds
+    `explosion_factor` × the target temperature (an exploding simulation).
+    """
     if restart is None:
         fresh = init_carry(init, potential, conf, masses, sp, key, skin, capacity_factor)
         state, nbrs = fresh.state, fresh.nbrs
@@ -119,6 +133,11 @@ def run(step: Callable, init: Callable, potential: Potential, conf: Configuratio
             if _bad(new_state.positions) or _bad(recs[3]):
                 raise MDFailure(f"{label}: NaN/inf in positions or energy during {phase} "
                                 f"(after {done_steps} of {total_steps} steps); the potential is unstable here")
+            t_max = float(np.max(_kinetic_temperature(recs[2], masses)))
+            if t_max > explosion_factor * float(sp.temperature):
+                raise MDFailure(f"{label}: kinetic temperature reached {t_max:.3g} K (> {explosion_factor:g} × "
+                                f"{float(sp.temperature):g} K) during {phase} after {done_steps} steps: the simulation "
+                                f"exploded")
             state, nbrs = new_state, new_nbrs
             if phase == "production":
                 records.append(recs)

@@ -108,7 +108,7 @@ class PluginManager:
 
     def register(self, plugin, name: str | None = None, package: str | None = None) -> None:
         package = package or _package_of(plugin)
-        label = name or _package_of(plugin)
+        label = name or f"{package}:{type(plugin).__name__}:{id(plugin):x}"
         if self._pm.is_registered(plugin):
             return
         try:

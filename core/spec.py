@@ -200,14 +200,51 @@ def _validate_plugin_params(spec: ExperimentSpec, pm: PluginManager) -> None:
         raise SpecError("invalid spec:\n" + "\n".join(errors))
 
 
+def _raw_plugin_errors(data: dict, pm: PluginManager) -> list[str]:
+    """Best-effort plugin-parameter checks on a raw spec that failed the core validation, so that
+    one run of `fusepot validate` reports every problem it can find."""
+    errors = []
+
+    def check(kind, ref, path):
+        if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
+            return
+        try:
+            comp = pm.get(kind, ref["name"])
+        except KeyError as exc:
+            errors.append(f"  {path}.name: {exc.args[0]}")
+            return
+        try:
+            comp.params.model_validate(ref.get("params") or {})
+        except ValidationError as exc:
+            errors.append(_format_validation(exc, f"{path}.params"))
+
+    check("potential", data.get("potential"), "potential")
+    check("potential", data.get("prior"), "prior")
+    sps = data.get("state_points")
+    for i, sp in enumerate(sps if isinstance(sps, list) else []):
+        if not isinstance(sp, dict):
+            continue
+        check("ensemble", sp.get("ensemble"), f"state_points.{i}.ensemble")
+        ts = sp.get("targets")
+        for j, t in enumerate(ts if isinstance(ts, list) else []):
+            if isinstance(t, dict):
+                check("observable", t.get("observable"), f"state_points.{i}.targets.{j}.observable")
+    return errors
+
+
 def parse_spec(data: dict, pm: PluginManager | None = None, source: str = "<spec>") -> ExperimentSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the spec must be a YAML mapping at the top level")
+    pm = pm or get_plugin_manager()
     try:
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(f"invalid spec {source}:\n" + _format_validation(exc)) from None
-    _validate_plugin_params(spec, pm or get_plugin_manager())
+        lines = [_format_validation(exc)] + _raw_plugin_errors(data, pm)
+        raise SpecError(f"invalid spec {source}:\n" + "\n".join(lines)) from None
+    try:
+        _validate_plugin_params(spec, pm)
+    except SpecError as exc:
+        raise SpecError(str(exc).replace("invalid spec:", f"invalid spec {source}:", 1)) from None
     return spec
 
 
