@@ -131,7 +131,7 @@ class ADF(Observable):
 
     def sized_for(self, frame: Frame, nbrs: NeighborList, factor: float = 1.3) -> "ADF":
         """Host-side: a copy whose buffer holds this frame's triplets with a `factor` margin."""
-        n = int(self.triplet_count(frame, nbrs))
+        n = int(_triplet_count(self, frame, nbrs))
         cap = max(16, int(math.ceil(n * factor)))
         return dataclasses.replace(self, triplet_capacity=cap) if cap != self.triplet_capacity else self
 
@@ -186,3 +186,8 @@ def build_adf(p: ADFParams, ctx) -> ADF:
         width = float(p.smoothing_deg) if p.smoothing_deg is not None else 180.0 / p.n_bins
     center = species_index(p.center, ctx.species, "adf") if p.center is not None else None
     return ADF(float(p.cutoff), int(p.n_bins), width, center, int(p.triplet_capacity))
+
+
+@eqx.filter_jit
+def _triplet_count(obs: ADF, frame: Frame, nbrs: NeighborList):
+    return obs.triplet_count(frame, nbrs)
