@@ -9,7 +9,9 @@
     result.trajectories["production"], result.carry
 
 Each stage's ensemble keeps its own run settings (time step, production/sample interval); a
-stage after the first continues from the previous stage's Carry, so ensembles skip their own
+stage after the first continues from the previous stage's Carry (or, with `cell_from`, from
+that Carry mapped affinely into the mean cell of an earlier kept stage, e.g. NVT elastic
+constants at the NPT mean cell), so ensembles skip their own
 `equilibration_ps` there: make an equilibration stage with `keep=False` instead.  The NVT and
 NPT Nosé–Hoover ensembles share one state (thermostat and barostat variables carry over);
 the Langevin state is converted to and from it.
@@ -19,7 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 from fusepot.core.interfaces import Ensemble, Potential, StatePoint, Trajectory
 from fusepot.core.md import Carry
@@ -37,6 +41,7 @@ class Stage:
     temperature_K: float
     pressure_GPa: float = 0.0
     keep: bool = True  # store the trajectory in the result (False for equilibration stages)
+    cell_from: Optional[str] = None  # start in the mean cell of this earlier (kept) stage's frames
 
     @property
     def state_point(self) -> StatePoint:
@@ -56,12 +61,32 @@ class ProtocolResult:
 
 
 def _nh_state_from(state, potential, nbrs, chain_length: int) -> NHState:
-    import jax.numpy as jnp
 
     e, f, w = energy_forces_virial(potential, Configuration(state.positions, state.species, state.box), nbrs)
     z = jnp.zeros((chain_length,), state.positions.dtype)
     return NHState(state.positions, state.velocities, f, e, w, state.box, state.species, state.masses, state.key,
                    z, z, jnp.zeros(3, z.dtype), z, z)
+
+
+def rescale_to_cell(carry: Carry, box, potential: Potential) -> Carry:
+    """Affinely map the carried state into `box` (fixed fractional coordinates; velocities kept),
+    with a fresh neighbor list and forces/virial recomputed."""
+
+    from fusepot.core import neighbors as nb
+
+    s = carry.state
+    box = jnp.asarray(box, s.box.dtype)
+    deform = jnp.linalg.solve(s.box, box)  # old_box @ deform = new box
+    pos = s.positions @ deform
+    nbrs = nb.allocate(pos, box, potential.cutoff, carry.nbrs.skin)
+    conf = Configuration(pos, s.species, box)
+    if isinstance(s, NHState):
+        e, f, w = energy_forces_virial(potential, conf, nbrs)
+        s = eqx.tree_at(lambda t: (t.positions, t.box, t.energy, t.forces, t.virial), s, (pos, box, e, f, w))
+    else:
+        e, f, _ = energy_forces_virial(potential, conf, nbrs)
+        s = eqx.tree_at(lambda t: (t.positions, t.box, t.energy, t.forces), s, (pos, box, e, f))
+    return Carry(s, nbrs, carry.potential)
 
 
 def carry_for(ensemble: Ensemble, carry: Carry, potential: Potential) -> Carry:
@@ -93,6 +118,13 @@ def run_protocol(potential: Potential, conf: Configuration, masses, stages: list
     carry = restart
     for k, stage in enumerate(stages):
         key, sub = jax.random.split(key)
+        if stage.cell_from is not None:
+            if stage.cell_from not in result.trajectories:
+                raise ValueError(f"stage {stage.name!r}: cell_from={stage.cell_from!r} is not an earlier kept stage")
+            if carry is None:
+                raise ValueError(f"stage {stage.name!r}: cell_from needs a previous stage")
+            mean_box = jnp.mean(result.trajectories[stage.cell_from].boxes, axis=0)
+            carry = rescale_to_cell(carry, mean_box, carry.potential or potential)
         if carry is not None:
             carry = carry_for(stage.ensemble, carry, carry.potential or potential)
         stage_progress = None
@@ -107,4 +139,4 @@ def run_protocol(potential: Potential, conf: Configuration, masses, stages: list
     return result
 
 
-__all__ = ["Stage", "ProtocolResult", "run_protocol", "carry_for"]
+__all__ = ["Stage", "ProtocolResult", "run_protocol", "carry_for", "rescale_to_cell"]
