@@ -241,3 +241,23 @@ def test_curve_rms_deviation():
     assert abs(curve_rms_deviation(x, y + (x > 5), x, y, r_range=(6, 9)) - 1.0) < 1e-12
     with pytest.raises(ValueError):
         curve_rms_deviation(x, y, xe + 20, y[:57])
+
+
+def test_smoothed_histogram_matches_explicit_gaussian_integrals():
+    from math import erf, sqrt
+
+    from fusepot.plugins.structure.binning import histogram
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.uniform(0, 10, 40), [0.05, 9.97]])  # two samples at the range ends
+    w = rng.uniform(0.5, 1.5, x.size)
+    edges = np.linspace(0, 10, 26)
+
+    def explicit(xs):
+        return np.array([sum(wi * 0.5 * (erf((b - xi) / (sqrt(2) * 0.3)) - erf((a - xi) / (sqrt(2) * 0.3)))
+                             for xi, wi in zip(xs, w)) for a, b in zip(edges[:-1], edges[1:])])
+
+    f = jax.jit(lambda x, w, r: histogram(x, w, 0.0, 10.0, 25, 0.3, reflect=r), static_argnums=2)
+    np.testing.assert_allclose(f(x, w, False), explicit(x), atol=1e-6)
+    mirrored = explicit(x) + explicit(-x) + explicit(20.0 - x)
+    np.testing.assert_allclose(f(x, w, True), mirrored, atol=1e-6)
+    assert abs(float(jnp.sum(f(x, w, True))) - w.sum()) < 1e-5

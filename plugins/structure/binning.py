@@ -42,20 +42,22 @@ def histogram(x, weights, lo: float, hi: float, n_bins: int, width: float = 0.0,
         ok = (k >= 0) & (k < n_bins)
         return jax.ops.segment_sum(jnp.where(ok, w, 0.0), jnp.clip(k, 0, n_bins - 1), num_segments=n_bins)
 
-    h = _smoothed(x, w, lo, dx, n_bins, width)
-    if reflect:
-        h = h + _smoothed(2.0 * lo - x, w, lo, dx, n_bins, width) + _smoothed(2.0 * hi - x, w, lo, dx, n_bins, width)
-    return h
+    return _smoothed(x, w, lo, dx, n_bins, width, reflect)
 
 
-def _smoothed(x, w, lo, dx, n_bins, width):
+def _smoothed(x, w, lo, dx, n_bins, width, reflect):
     half = window_size(dx, width)
-    offsets = jnp.arange(-half, half + 1, dtype=jnp.int32)
+    offsets = jnp.arange(-half, half + 2, dtype=jnp.int32)  # the 2·half + 2 edges of the window
     k0 = jnp.floor((x - lo) / dx).astype(jnp.int32)
-    k = k0[:, None] + offsets[None, :]  # (P, window)
-    left = lo + k.astype(x.dtype) * dx
-    s = 1.0 / (math.sqrt(2.0) * width)
-    mass = 0.5 * (jax.scipy.special.erf((left + dx - x[:, None]) * s) - jax.scipy.special.erf((left - x[:, None]) * s))
+    edges = lo + (k0[:, None] + offsets[None, :]).astype(x.dtype) * dx  # (P, window + 1)
+    cdf = jax.scipy.special.erf((edges - x[:, None]) * (1.0 / (math.sqrt(2.0) * width)))
+    mass = 0.5 * (cdf[:, 1:] - cdf[:, :-1]) * w[:, None]  # one erf per edge, shared by neighbouring bins
+    k = k0[:, None] + offsets[None, :-1]
+    if reflect:
+        # mirror images about lo and hi land in the mirrored bins (lo and hi are bin edges), so fold
+        # the overhang back instead of evaluating mirrored Gaussians
+        k = jnp.where(k < 0, -1 - k, k)
+        k = jnp.where(k >= n_bins, 2 * n_bins - 1 - k, k)
     ok = (k >= 0) & (k < n_bins)
-    vals = jnp.where(ok, mass * w[:, None], 0.0)
+    vals = jnp.where(ok, mass, 0.0)
     return jax.ops.segment_sum(vals.ravel(), jnp.clip(k, 0, n_bins - 1).ravel(), num_segments=n_bins)

@@ -104,8 +104,12 @@ class RDF(Observable):
         d = nbrs.vectors(frame.conf.positions, frame.conf.box)
         r2 = jnp.sum(d * d, axis=-1)
         ok = self.pair_weights(frame, nbrs) & (r2 < self.neighbor_cutoff ** 2) & (r2 > 0)
+        weight = ok.astype(r2.dtype)
+        if self.species_pair is None or self.species_pair[0] == self.species_pair[1]:
+            # like pairs: the list holds i→j (shift n) and j→i (shift −n); bin one of them twice
+            weight = jnp.where(_first_of_directed_pair(nbrs), 2.0 * weight, 0.0)
         r = jnp.sqrt(jnp.where(ok, r2, 1.0))  # safe sqrt: padded slots have r2 = 0
-        h = histogram(r, ok, self.r_min, self.r_max, self.n_bins, self.smoothing)
+        h = histogram(r, weight, self.r_min, self.r_max, self.n_bins, self.smoothing)
         # a list that overflowed is missing pairs: poison the result rather than under-count
         return jnp.where(nbrs.overflow, jnp.nan, h)
 
@@ -119,6 +123,13 @@ class RDF(Observable):
         """Running coordination number n(e_{k+1}) = ρ_b Σ_{m<=k} g_m V_m for a g of this grid."""
         _, rho_b = self.densities(frame)
         return rho_b * jnp.cumsum(jnp.asarray(g) * jnp.asarray(self.shell_volumes))
+
+
+def _first_of_directed_pair(nbrs: NeighborList):
+    """True for exactly one of (i→j, n) and (j→i, −n): i < j, or i == j with n lexicographically > 0."""
+    n = nbrs.shifts
+    positive = (n[:, 0] > 0) | ((n[:, 0] == 0) & ((n[:, 1] > 0) | ((n[:, 1] == 0) & (n[:, 2] > 0))))
+    return (nbrs.senders < nbrs.receivers) | ((nbrs.senders == nbrs.receivers) & positive)
 
 
 class RDFParams(BaseModel):
