@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union
+from typing import Callable, Literal, Optional, Sequence, Union
 
 import equinox as eqx
 import jax
@@ -131,6 +131,9 @@ def _overflow(model: Potential, batch: Batch):
     return jnp.logical_or(batch.nbrs.overflow, ovf) & batch.sample_mask
 
 
+_overflow_jit = eqx.filter_jit(_overflow)
+
+
 @eqx.filter_jit
 def train_step(model, opt_state, batch: Batch, weights, optimizer: optax.GradientTransformation):
     """One optimiser step on a batch: returns (model, opt_state, loss, overflow flags (B,))."""
@@ -153,13 +156,14 @@ def _eval_step(model, batch: Batch, weights):
 # --------------------------------------------------------------------------------------------
 # host-side helpers
 # --------------------------------------------------------------------------------------------
-def _pad(data: DataLike, cutoff: float, config: Optional[DFTTrainConfig] = None) -> PaddedDataset:
+def _pad(data: DataLike, cutoff: float, config: Optional[DFTTrainConfig] = None,
+         buckets: Optional[Sequence[int]] = None) -> PaddedDataset:
     if isinstance(data, PaddedDataset):
         if data.cutoff < cutoff:
             raise ValueError(f"padded dataset was built for cutoff {data.cutoff} Å < the model's {cutoff} Å")
         return data
     c = config or DFTTrainConfig()
-    return pad_dataset(data, cutoff, skin=c.skin, buckets=c.buckets)
+    return pad_dataset(data, cutoff, skin=c.skin, buckets=buckets if buckets is not None else c.buckets)
 
 
 def _sample(batch: Batch, k: int):
@@ -264,9 +268,10 @@ class ErrorTable:
 
 
 def predict(model: Potential, data: DataLike, batch_size: int = 32, weights: Optional[DFTLossWeights] = None,
-            progress: Progress = None) -> tuple[Potential, Predictions]:
-    """Predict every sample (grows the potential's buffers if needed; returns the possibly grown model)."""
-    pd = _pad(data, model.cutoff)
+            progress: Progress = None, buckets: Optional[Sequence[int]] = None) -> tuple[Potential, Predictions]:
+    """Predict every sample (grows the potential's buffers if needed; returns the possibly grown
+    model).  A `Dataset` is padded here (`buckets` as in `pad_dataset`)."""
+    pd = _pad(data, model.cutoff, buckets=buckets)
     wv = (weights or DFTLossWeights()).vector(pd.dtype)
     s = len(pd.dataset)
     u_pred = np.zeros(s)
@@ -316,17 +321,18 @@ def error_table(p: Predictions) -> ErrorTable:
                       virial_rmse_mev_per_atom=rms(dva), virial_mae_mev_per_atom=mae(dva))
 
 
-def evaluate(model: Potential, data: DataLike, batch_size: int = 32,
-             weights: Optional[DFTLossWeights] = None) -> ErrorTable:
+def evaluate(model: Potential, data: DataLike, batch_size: int = 32, weights: Optional[DFTLossWeights] = None,
+             buckets: Optional[Sequence[int]] = None) -> ErrorTable:
     """Error table (energy meV/atom, forces eV/Å, virial eV and meV/atom, RMSE and MAE)."""
-    return error_table(predict(model, data, batch_size, weights)[1])
+    return error_table(predict(model, data, batch_size, weights, buckets=buckets)[1])
 
 
-def energy_shift_per_atom(model: Potential, data: DataLike, batch_size: int = 32) -> float:
+def energy_shift_per_atom(model: Potential, data: DataLike, batch_size: int = 32,
+                          buckets: Optional[Sequence[int]] = None) -> float:
     """Mean over samples of (Ũ_s − U_s)/N_s in eV/atom: add `shift · N` to the model's energies
     (e.g. `EnergyShifted(model, shift)`) to remove its mean per-atom offset from the labels —
     the post-correction of a model fine-tuned on experiments after DFT pre-training."""
-    p = predict(model, data, batch_size)[1]
+    p = predict(model, data, batch_size, buckets=buckets)[1]
     return float(np.mean((p.energy - p.energy_pred) / p.n_atoms))
 
 
@@ -407,7 +413,7 @@ class DFTTrainer:
         for pd in [self.train] + ([self.val] if self.val is not None else []):
             for batch in pd.batches(bs):
                 while True:
-                    ovf = np.asarray(eqx.filter_jit(_overflow)(model, batch))
+                    ovf = np.asarray(_overflow_jit(model, batch))
                     if not ovf.any():
                         break
                     model = _grow_until_fits(model, batch, ovf, progress)
@@ -611,8 +617,8 @@ def train_dft(model: Potential, train_ds: DataLike, val_ds: Optional[DataLike], 
     log(f"dft: stopped after epoch {len(history)} ({stop_reason}); best epoch {best_epoch + 1}, "
         f"loss {best_loss:.4g}, {_fmt_time(time.monotonic() - t_start)}")
     if test_ds is not None and len(test_ds) > 0:
-        tab = evaluate(best_model, _pad(test_ds, model.cutoff, config), config.eval_batch_size or 4 * config.batch_size,
-                       config.weights)
+        tab = evaluate(best_model, _pad(test_ds, best_model.cutoff, config),
+                       config.eval_batch_size or 4 * config.batch_size, config.weights)
         (out / "test_table.md").write_text(tab.to_markdown(f"Test errors (best epoch {best_epoch + 1})"))
         (out / "test_table.json").write_text(json.dumps(tab.as_dict(), indent=2))
         log(tab.to_markdown("Test errors"))
