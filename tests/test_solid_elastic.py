@@ -174,3 +174,34 @@ def test_stress_fluctuation_at_40K_has_block_error_bars():
     # at the 0 K volume the thermal pressure stiffens C44 and softens C12 a little: same ballpark
     np.testing.assert_allclose(est.mean, athermal, rtol=0.1)
     assert est.mean[0] > est.mean[1] > 0
+
+
+def _toy_eam():
+    from fusepot.plugins.classical.eam import EAM, EAMTables
+
+    n, rc = 300, 5.0
+    dr, drho = rc / (n - 1), 60.0 / (n - 1)
+    r, rho = np.arange(n) * dr, np.arange(n) * drho
+    taper = np.clip(rc - r, 0.0, 1.0) ** 3
+    phi = 0.3 * (np.exp(-2.8 * (r - 2.55)) - 2 * np.exp(-1.4 * (r - 2.55))) * taper
+    tables = EAMTables(["Cu"], [29], [63.546], drho, dr, rc, (-np.sqrt(rho))[None],
+                       (np.exp(-1.5 * (r - 2.55)) * taper)[None, None], (r * phi)[None, None])
+    return EAM.from_tables(tables)
+
+
+@pytest.mark.parametrize("potential", ["lennard_jones", "eam"])
+def test_pair_vector_born_terms_equal_affine(potential):
+    if potential == "eam":
+        pytest.importorskip("fusepot.plugins.classical.eam")
+        pot, atoms = _toy_eam(), bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    else:
+        pot, atoms = lj(), bulk("Ar", "hcp", a=3.74, c=6.1).repeat((3, 3, 2))
+    conf, _ = from_ase(atoms)
+    conf = conf.replace(positions=conf.positions + 0.05 * np.random.default_rng(1).standard_normal(conf.positions.shape))
+    nbrs = nb.allocate(conf.positions, conf.box, pot.cutoff, 0.5)
+    s_a, c_a = eqx.filter_jit(born_terms)(pot, conf, nbrs)
+    s_p, c_p = eqx.filter_jit(lambda p, c, n: born_terms(p, c, n, method="pair_vectors"))(pot, conf, nbrs)
+    np.testing.assert_allclose(np.asarray(s_p), np.asarray(s_a), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(c_p), np.asarray(c_a), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError):
+        born_terms(pot, conf, nbrs, method="hessian")

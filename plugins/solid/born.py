@@ -35,20 +35,51 @@ def strain_energy_fn(potential: Potential, conf: Configuration, nbrs: NeighborLi
     return u
 
 
+class _DeformedPairs(NeighborList):
+    """A neighbor list whose pair vectors come out deformed: d → d F (F = I + strain)."""
+
+    deform: jnp.ndarray = None
+
+    def vectors(self, positions, box):
+        return super().vectors(positions, box) @ self.deform
+
+
+def pair_strain_energy_fn(potential: Potential, conf: Configuration, nbrs: NeighborList):
+    """Like `strain_energy_fn`, but the strain deforms the pair vectors `nbrs.vectors` instead of
+    positions and box.  Identical for potentials that see positions and box only through
+    `nbrs.vectors` (LJ, EAM, DimeNet++ here), and cheaper: the strain derivative is a dense sum
+    over pairs, with no scatter back onto atoms.  Wrong for any other potential."""
+    fields = {k: getattr(nbrs, k) for k in NeighborList.__dataclass_fields__}
+
+    def u(e):
+        eta = strain_from_voigt(e)
+        deform = jnp.eye(3, dtype=eta.dtype) + eta - 0.5 * eta @ eta
+        return potential.energy(conf, _DeformedPairs(**fields, deform=deform))
+
+    return u
+
+
+_METHODS = {"affine": strain_energy_fn, "pair_vectors": pair_strain_energy_fn}
+
+
 def born_stress_voigt(potential: Potential, conf: Configuration, nbrs: NeighborList):
     """σ^B (6,) in eV/Å³, positive = tensile (same sign as core.mechanics.born_stress)."""
     zero = jnp.zeros(6, conf.positions.dtype)
     return jax.grad(strain_energy_fn(potential, conf, nbrs))(zero) / conf.volume()
 
 
-def born_terms(potential: Potential, conf: Configuration, nbrs: NeighborList):
+def born_terms(potential: Potential, conf: Configuration, nbrs: NeighborList, method: str = "affine"):
     """(σ^B (6,), C^B (6, 6)) in eV/Å³ by forward-over-reverse differentiation.
 
     The reverse pass (gradient) is linearised once; the 6 Voigt unit tangents are pushed
     through the linearisation together (vmap), giving the Hessian columns.
+    method: "affine" (positions and box deformed; any potential) or "pair_vectors" (see
+    `pair_strain_energy_fn`; only for potentials that use nothing but `nbrs.vectors`).
     """
+    if method not in _METHODS:
+        raise ValueError(f"born_terms: method must be one of {sorted(_METHODS)}, not {method!r}")
     zero = jnp.zeros(6, conf.positions.dtype)
-    grad_u = jax.grad(strain_energy_fn(potential, conf, nbrs))
+    grad_u = jax.grad(_METHODS[method](potential, conf, nbrs))
     g, hvp = jax.linearize(grad_u, zero)
     hess = jax.vmap(hvp)(jnp.eye(6, dtype=zero.dtype))
     v = conf.volume()

@@ -76,6 +76,7 @@ class ElasticConstants(Observable):
     symmetry: str = eqx.field(static=True, default="cubic")
     full_format: str = eqx.field(static=True, default="matrix")
     kinetic: bool = eqx.field(static=True, default=True)
+    born_method: str = eqx.field(static=True, default="affine")
     unit = "GPa"
     needs_potential = True
 
@@ -84,7 +85,7 @@ class ElasticConstants(Observable):
         return LABELS[self.symmetry] if (self.symmetry != "full" or self.full_format == "upper") else None
 
     def per_frame(self, potential, frame, nbrs):
-        return pack_born_terms(*born_terms(potential, frame.conf, nbrs))
+        return pack_born_terms(*born_terms(potential, frame.conf, nbrs, self.born_method))
 
     def tensor(self, weights, values, frames):
         """The full 6×6 tensor (eV/Å³) before symmetry projection."""
@@ -107,7 +108,11 @@ class ElasticConstantsParams(BaseModel):
     full_format: Literal["matrix", "upper"] = Field(
         "matrix", description="for symmetry 'full': 6×6 matrix or the 21 entries C_IJ (I <= J) row by row")
     kinetic: bool = Field(True, description="include the ideal-gas term (N kT/V)(δ_ik δ_jl + δ_il δ_jk)")
+    born_method: Literal["affine", "pair_vectors"] = Field(
+        "affine", description="affine: deform positions and box (any potential); pair_vectors: deform nbrs.vectors "
+                              "(faster; only for potentials that see positions/box through nbrs.vectors alone)")
 
 
 def build_elastic_constants(p: ElasticConstantsParams, ctx) -> ElasticConstants:
-    return ElasticConstants(symmetry=p.symmetry, full_format=p.full_format, kinetic=p.kinetic)
+    return ElasticConstants(symmetry=p.symmetry, full_format=p.full_format, kinetic=p.kinetic,
+                            born_method=p.born_method)
