@@ -55,7 +55,7 @@ def effective_sample_size(weights):
 
 
 # -- targets -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass
 class Target:
     """An observable with its experimental value (in `unit`) and its loss weight λ.
 
@@ -92,9 +92,11 @@ class Target:
 
     @property
     def lam(self) -> float:
+        """λ in 1/(observable unit)²: a weight given per `unit`² is converted, exactly."""
+        scale = float(convert(1.0, self.unit, self.obs_unit)) if self.unit else 1.0
         if self.weight is not None:
-            return float(self.weight)
-        u = float(convert(self.uncertainty, self.unit, self.obs_unit)) if self.unit else float(self.uncertainty)
+            return float(self.weight) / (scale * scale)
+        u = float(self.uncertainty) * scale
         return 1.0 / (u * u)
 
 
@@ -130,9 +132,14 @@ def _frame_eval(potential, observables, templates: NeighborTemplates, frame: Fra
     built = {k: nb.update(t, conf.positions, conf.box, force=True) for k, t in templates.lists.items()}
     nbrs = built[repr(float(potential.cutoff))]
     u = potential.energy(conf, nbrs)
-    vals = {name: o.per_frame(potential, frame, built[repr(_obs_cutoff(o, potential))]) for name, o in observables.items()}
-    ovf = jnp.any(jnp.stack([b.overflow for b in built.values()])) | potential.overflow(conf, nbrs)
-    return u, vals, ovf
+    vals, flags = {}, {}
+    for name, o in observables.items():
+        onb = built[repr(_obs_cutoff(o, potential))]
+        vals[name] = o.per_frame(potential, frame, onb)
+        flags[name] = jnp.asarray(o.overflow(frame, onb))
+    flags["_neighbors"] = jnp.any(jnp.stack([b.overflow for b in built.values()]))
+    flags["_potential"] = jnp.asarray(potential.overflow(conf, nbrs))
+    return u, vals, flags
 
 
 @eqx.filter_jit
@@ -144,23 +151,34 @@ def evaluate_frames(potential: Potential, traj: Trajectory, observables: dict, t
                     batch_size: int = 8):
     """Per-frame energies (F,) and observable values {name: (F, ...)} with the given potential.
 
-    Reallocates neighbor templates on overflow (logged) and retries; returns the templates used.
+    Capacity overflows are never silent: neighbor templates are reallocated, observables with
+    internal buffers are grown (`Observable.grow`, on the worst frame) and the pass is redone
+    (logged).  The grown observables are written back into `observables` (a dict, updated in
+    place); a potential buffer overflow raises OverflowError (grow the potential first).
+    Returns (u, values, templates).
     """
     needed = {repr(float(potential.cutoff))} | {repr(_obs_cutoff(o, potential)) for o in observables.values()}
     if templates is None or not needed <= set(templates.lists):
         templates = allocate_templates(potential, traj, observables)
-    for attempt in range(6):
-        u, vals, ovf = _eval_all(potential, observables, templates, traj.frames(), batch_size)
-        if not bool(jnp.any(ovf)):
+    for attempt in range(8):
+        u, vals, flags = _eval_all(potential, observables, templates, traj.frames(), batch_size)
+        bad = {k: np.asarray(v) for k, v in flags.items() if bool(jnp.any(v))}
+        if not bad:
             return u, vals, templates
-        log.warning("reweighting: neighbor/graph capacity overflow on %d frame(s); reallocating (attempt %d)",
-                    int(jnp.sum(ovf)), attempt + 1)
-        templates = allocate_templates(potential, traj, observables, grow=1.5 ** (attempt + 1))
-        if bool(potential.overflow(traj.frame(int(jnp.argmax(ovf))).conf,
-                                   nb.update(templates.lists[repr(float(potential.cutoff))], traj.positions[0],
-                                             traj.boxes[0], force=True))):
-            raise OverflowError("potential buffer overflow during reweighting: grow the potential's capacity")
-    raise OverflowError("reweighting: capacity overflow persisted after 6 reallocations")
+        log.warning("reweighting: capacity overflow (%s) on %d frame(s); growing and redoing the pass (attempt %d)",
+                    ", ".join(sorted(bad)), max(int(v.sum()) for v in bad.values()), attempt + 1)
+        if "_potential" in bad:
+            raise OverflowError("potential buffer overflow during reweighting: the potential's capacity must grow "
+                                "(sample with the ensemble first, which grows it)")
+        if "_neighbors" in bad:
+            templates = allocate_templates(potential, traj, observables, grow=1.5 ** (attempt + 1))
+            continue
+        for name in [k for k in bad if not k.startswith("_")]:
+            k = int(np.argmax(bad[name]))
+            o = observables[name]
+            onb = nb.update(templates.lists[repr(_obs_cutoff(o, potential))], traj.positions[k], traj.boxes[k], force=True)
+            observables[name] = o.grow(traj.frame(k), onb)
+    raise OverflowError("reweighting: capacity overflow persisted after 8 attempts")
 
 
 # -- estimates and loss ------------------------------------------------------------------------
@@ -198,6 +216,8 @@ def reweight(potential: Potential, traj: Trajectory, targets: list[Target], *, w
     """Reweighted estimates, loss, N_eff and (optionally) ∇_θ loss for one state point."""
     observables = {t.name: t.observable for t in targets}
     u, vals, templates = evaluate_frames(potential, traj, observables, templates, batch_size)
+    for t in targets:  # keep observables whose buffers grew
+        t.observable = observables[t.name]
     if not bool(jnp.all(jnp.isfinite(u))):
         raise FloatingPointError("reweighting: non-finite energies on frames " + str(np.flatnonzero(~np.isfinite(np.asarray(u)))[:10]))
     beta = 1.0 / traj.state.kT

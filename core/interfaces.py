@@ -150,6 +150,14 @@ class Observable(eqx.Module):
     def reduce(self, weights, values, frames: Frame):
         return jax.tree_util.tree_map(lambda v: jnp.tensordot(weights, v, axes=1), values)
 
+    def overflow(self, frame: Frame, nbrs: NeighborList) -> jnp.ndarray:
+        """Jit-compatible flag: an internal fixed-size buffer (e.g. ADF triplets) is too small."""
+        return jnp.asarray(False)
+
+    def grow(self, frame: Frame, nbrs: NeighborList) -> "Observable":
+        """Host-side: a copy with buffers large enough for `frame` (only if `overflow` can be True)."""
+        raise OverflowError(f"{type(self).__name__} reported an overflow but does not implement grow()")
+
     def to_user(self, estimate):
         """Convert an internal-unit estimate to `unit` (identity unless overridden)."""
         return estimate

@@ -36,9 +36,8 @@ class MDFailure(RuntimeError):
     """The simulation produced NaN/inf or an unrecoverable overflow."""
 
 
-@dataclass
-class Carry:
-    """What a later `sample(..., restart=carry)` continues from."""
+class Carry(eqx.Module):
+    """What a later `sample(..., restart=carry)` continues from (a pytree)."""
 
     state: Any
     nbrs: nb.NeighborList

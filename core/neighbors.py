@@ -12,6 +12,7 @@ caller must check `overflow` and reallocate; fusepot's ensembles and trainers do
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -116,6 +117,14 @@ def _build(positions, box, images, cutoff, capacity, atom_mask, minimum_image=Fa
     return i, j, shifts, valid, count
 
 
+@functools.partial(jax.jit, static_argnums=(5,))
+def _count_jit(positions, box, images, cutoff, atom_mask, minimum_image):
+    return jnp.sum(_candidate_pairs(positions, box, images, cutoff, atom_mask, minimum_image)[0], dtype=jnp.int32)
+
+
+_build_jit = jax.jit(lambda *a: _build(*a), static_argnums=(4, 6))
+
+
 def bucket_capacity(n: int) -> int:
     """Round a capacity up to the next of a geometric ladder (×2^(1/4)), multiple of 16, so that
     small changes in pair counts reuse the same compiled functions instead of recompiling."""
@@ -134,10 +143,9 @@ def allocate(positions, box, cutoff: float, skin: float = 0.5, capacity_factor: 
     mi = minimum_image_ok(np.asarray(box), r)
     images = jnp.zeros((1, 3), positions.dtype) if mi else jnp.asarray(image_offsets(np.asarray(box), r), dtype=positions.dtype)
     atom_mask = jnp.ones(positions.shape[0], bool) if atom_mask is None else jnp.asarray(atom_mask, bool)
-    ok, _, _ = _candidate_pairs(positions, box, images, r, atom_mask, mi)
-    count = int(jnp.sum(ok))
+    count = int(_count_jit(positions, box, images, r, atom_mask, mi))
     capacity = bucket_capacity(max(min_capacity, int(math.ceil(count * capacity_factor))))
-    i, j, shifts, valid, cnt = _build(positions, box, images, r, capacity, atom_mask, mi)
+    i, j, shifts, valid, cnt = _build_jit(positions, box, images, r, capacity, atom_mask, mi)
     return NeighborList(i, j, shifts, valid, positions, box, jnp.asarray(False), cnt, images, cutoff, skin, mi)
 
 

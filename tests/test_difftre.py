@@ -93,5 +93,8 @@ def test_target_weight_from_uncertainty_and_units():
     t = difftre.Target("p", pm.build("observable", "pressure", {}), 1000.0, "MPa", uncertainty=100.0)
     assert float(t.value_in_obs_unit) == pytest.approx(1.0)
     assert t.lam == pytest.approx(100.0)  # 1 / (0.1 GPa)^2
+    # the titanium paper's pressure weight, 1e-9 in (kJ/mol/nm³)⁻², is 3.627e-4 GPa⁻²
+    w = difftre.Target("p", pm.build("observable", "pressure", {}), 0.0, "kJ/mol/nm^3", weight=1e-9)
+    assert w.lam == pytest.approx(1e-9 * (1 / 1.66054e-3) ** 2, rel=1e-4)
     with pytest.raises(ValueError, match="exactly one"):
         difftre.Target("p", pm.build("observable", "pressure", {}), 1.0, "GPa", weight=1.0, uncertainty=1.0)

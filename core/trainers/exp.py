@@ -8,6 +8,7 @@ update: parameters roll back, the learning rate is scaled down, the event is log
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -77,16 +78,12 @@ class ExpTrainer:
         self._before_step = None
 
     # -- sampling ------------------------------------------------------------------------------
-    def _sample(self, pt: StatePointRun, key) -> None:
+    def _sample(self, pt: StatePointRun, key, potential) -> float:
         t0 = time.perf_counter()
-        self.progress.prefix = f"update {self.update_index + 1}/{self.spec.trainer.updates} | {pt.name}: "
-        traj, carry = pt.ensemble.sample(self.potential, pt.conf, pt.masses, pt.state, key, restart=pt.carry,
-                                         progress=self.progress)
-        if carry is not None and carry.potential is not None and carry.potential is not self.potential:
-            # the ensemble grew internal buffers (same parameters): adopt the grown structure
-            self.potential = carry.potential
+        prog = lambda f, msg: self.progress(f, f"update {self.update_index + 1}/{self.spec.trainer.updates} | {pt.name}: {msg}")
+        traj, carry = pt.ensemble.sample(potential, pt.conf, pt.masses, pt.state, key, restart=pt.carry, progress=prog)
         # U_ref recomputed by the reweighting code path itself, so that weights are exactly 1/N at θ = θ̂
-        u, _, templates = difftre.evaluate_frames(self.potential, traj, {}, pt.templates, self.spec.trainer.reweight_batch)
+        u, _, templates = difftre.evaluate_frames(potential, traj, {}, pt.templates, self.spec.trainer.reweight_batch)
         pt.traj = eqx.tree_at(lambda t: t.ref_energy, traj, u)
         pt.carry = carry
         # keep the neighbor templates: same shapes → no recompilation; overflow is checked and reallocated
@@ -94,39 +91,69 @@ class ExpTrainer:
         return time.perf_counter() - t0
 
     # -- one update ----------------------------------------------------------------------------
-    def _update(self):
+    def _process_point(self, pt: StatePointRun, key, potential, device=None):
+        """Sample-or-reuse, reweight and differentiate one state point (runs on `device`)."""
         tr = self.spec.trainer
-        results, record = [], {"update": self.update_index + 1, "state_points": {}}
+        if device is not None:
+            potential = jax.device_put(potential, device)
+            pt.traj, pt.carry = jax.device_put(pt.traj, device), jax.device_put(pt.carry, device)
+            pt.templates = jax.device_put(pt.templates, device)
         t_sample = t_rew = 0.0
-        for pt in self.points:
-            self.key, sub = jax.random.split(self.key)
-            resampled = False
-            r = None
-            if pt.traj is not None:
-                t0 = time.perf_counter()
-                r = difftre.reweight(self.potential, pt.traj, pt.targets, templates=pt.templates, batch_size=tr.reweight_batch)
-                t_rew += time.perf_counter() - t0
-                if r.n_eff / pt.traj.n_frames < tr.reuse_threshold:
-                    r = None
-            if r is None:
-                t_sample += self._sample(pt, sub)
-                resampled = True
-                t0 = time.perf_counter()
-                r = difftre.reweight(self.potential, pt.traj, pt.targets, templates=pt.templates,
-                                     batch_size=tr.reweight_batch)
-                t_rew += time.perf_counter() - t0
-            pt.templates = r.templates
+        resampled, r = False, None
+        if pt.traj is not None:
+            t0 = time.perf_counter()
+            r = difftre.reweight(potential, pt.traj, pt.targets, templates=pt.templates, batch_size=tr.reweight_batch)
+            t_rew += time.perf_counter() - t0
+            if r.n_eff / pt.traj.n_frames < tr.reuse_threshold:
+                r = None
+        if r is None:
+            t_sample += self._sample(pt, key, potential)
+            if pt.carry is not None and getattr(pt.carry, "potential", None) is not None:
+                # the sampler may have grown internal buffers (static structure, same parameters)
+                potential = eqx.combine(trainable(potential)[0], trainable(pt.carry.potential)[1])
+            resampled = True
+            t0 = time.perf_counter()
+            r = difftre.reweight(potential, pt.traj, pt.targets, templates=pt.templates, batch_size=tr.reweight_batch)
+            t_rew += time.perf_counter() - t0
+        pt.templates = r.templates
+        rec = {
+            "loss": r.loss, "n_eff": r.n_eff, "n_frames": pt.traj.n_frames, "resampled": resampled,
+            "sample_s": t_sample, "reweight_s": t_rew,
+            "targets": {t.name: {"estimate": np.asarray(r.estimates[t.name]).tolist(),
+                                 "target": np.asarray(t.value_in_obs_unit).tolist(), "unit": t.obs_unit,
+                                 "loss_term": r.terms[t.name]} for t in pt.targets},
+        }
+        self.progress.line(f"update {self.update_index + 1} | {pt.name}: loss {r.loss:.4g}, "
+                           f"N_eff {r.n_eff:.1f}/{pt.traj.n_frames}" + (" (resampled)" if resampled else " (reused)") +
+                           "".join(f", {t.name} {np.round(np.asarray(r.estimates[t.name]), 4).tolist()} "
+                                   f"(target {np.round(t.value_in_obs_unit, 4).tolist()} {t.obs_unit})" for t in pt.targets))
+        return rec, r, potential
+
+    def _update(self):
+        keys = jax.random.split(self.key, len(self.points) + 1)
+        self.key = keys[0]
+        devices = jax.devices()
+        record = {"update": self.update_index + 1, "state_points": {}}
+        if len(devices) > 1 and len(self.points) > 1:
+            # state points are independent: one worker thread per device (JAX releases the GIL while computing)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(len(devices), len(self.points))) as pool:
+                futs = [pool.submit(self._process_point, pt, keys[i + 1], self.potential, devices[i % len(devices)])
+                        for i, pt in enumerate(self.points)]
+                outs = [f.result() for f in futs]
+            outs = [(rec, dataclasses.replace(r, grad=jax.device_put(r.grad, devices[0])), p) for rec, r, p in outs]
+        else:
+            outs = [self._process_point(pt, keys[i + 1], self.potential) for i, pt in enumerate(self.points)]
+        results = []
+        for pt, (rec, r, used) in zip(self.points, outs):
+            record["state_points"][pt.name] = rec
             results.append(r)
-            record["state_points"][pt.name] = {
-                "loss": r.loss, "n_eff": r.n_eff, "n_frames": pt.traj.n_frames, "resampled": resampled,
-                "targets": {t.name: {"estimate": np.asarray(r.estimates[t.name]).tolist(),
-                                     "target": np.asarray(t.value_in_obs_unit).tolist(), "unit": t.obs_unit,
-                                     "loss_term": r.terms[t.name]} for t in pt.targets},
-            }
-            self.progress.line(f"update {self.update_index + 1} | {pt.name}: loss {r.loss:.4g}, "
-                               f"N_eff {r.n_eff:.1f}/{pt.traj.n_frames}" + (" (resampled)" if resampled else " (reused)") +
-                               "".join(f", {t.name} {np.round(np.asarray(r.estimates[t.name]), 4).tolist()} "
-                                       f"(target {np.round(t.value_in_obs_unit, 4).tolist()} {t.obs_unit})" for t in pt.targets))
+            static_now, static_used = trainable(self.potential)[1], trainable(used)[1]
+            if static_used is not static_now and not eqx.tree_equal(static_now, static_used):
+                self.potential = eqx.combine(trainable(self.potential)[0], static_used)
+        t_sample = sum(rec["sample_s"] for rec, _, _ in outs)
+        t_rew = sum(rec["reweight_s"] for rec, _, _ in outs)
         n = len(results)
         loss = sum(r.loss for r in results) / n
         grads = jax.tree_util.tree_map(lambda *g: sum(g) / n, *[r.grad for r in results])
@@ -234,6 +261,9 @@ class ExpTrainer:
         for pt in self.points:
             if pt.traj is None:
                 continue
-            r = difftre.reweight(self.potential, pt.traj, pt.targets, with_grad=False, batch_size=self.spec.trainer.reweight_batch)
+            dev = jax.devices()[0]  # state points may live on other devices after a sharded update
+            r = difftre.reweight(jax.device_put(self.potential, dev), jax.device_put(pt.traj, dev), pt.targets,
+                                 with_grad=False, templates=jax.device_put(pt.templates, dev),
+                                 batch_size=self.spec.trainer.reweight_batch)
             out[pt.name] = {t.name: np.asarray(r.estimates[t.name]).tolist() for t in pt.targets} | {"n_eff": r.n_eff}
         return out

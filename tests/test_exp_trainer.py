@@ -1,0 +1,62 @@
+"""EXP trainer: several state points, sharding over devices, MD-failure rollback."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fusepot.core import cli
+from fusepot.core.md import MDFailure
+
+SPEC = Path(__file__).parent / "data" / "multi_state.yaml"
+
+
+def test_sharded_state_points_match_sequential(tmp_path):
+    """Two state points on two (forced) host devices give the same parameters as on one."""
+    outs = {}
+    for ndev in (1, 2):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={ndev}")
+        out = tmp_path / f"dev{ndev}"
+        code = ("import sys, jax; from fusepot.core import cli; assert len(jax.devices()) == int(sys.argv[1]);"
+                "sys.exit(cli.main(['run', sys.argv[2], '--out', sys.argv[3], '--quiet']))")
+        r = subprocess.run([sys.executable, "-c", code, str(ndev), str(SPEC), str(out)], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        outs[ndev] = np.load(out / "final_potential.npz")
+        lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        assert set(lines[0]["state_points"]) == {"cold", "warm"}
+    for k in outs[1].files:
+        np.testing.assert_allclose(outs[1][k], outs[2][k], rtol=1e-12)
+
+
+@pytest.fixture
+def failing_once(monkeypatch):
+    from fusepot.plugins.ensembles.langevin import LangevinNVT
+
+    real = LangevinNVT.sample
+    calls = {"n": 0}
+
+    def sample(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise MDFailure("injected explosion")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(LangevinNVT, "sample", sample)
+    return calls
+
+
+def test_md_failure_rolls_back_and_continues(tmp_path, failing_once, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.read_text().replace("reuse_threshold: 0.95", "reuse_threshold: 1.0"))  # resample every update
+    out = tmp_path / "run"
+    assert cli.main(["run", str(spec), "--out", str(out)]) == 0
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rejected = [l for l in lines if "rejected" in l]
+    assert len(rejected) == 1 and "injected explosion" in rejected[0]["rejected"]
+    done = [l for l in lines if "loss" in l]
+    assert [l["update"] for l in done] == [1, 2]
+    assert done[-1]["lr_scale"] == pytest.approx(0.5)
+    assert "rolled back" in capsys.readouterr().err
