@@ -1,0 +1,1 @@
+"""Evaluation tools: phonons (phonopy), energy–volume curves, report plots (under construction)."""
