@@ -7,7 +7,8 @@ Potentials: Lennard-Jones (fcc Ar), EAM (toy analytic Cu tables, fcc), DimeNet++
 orthohexagonal cell; default hyperparameters, random weights) when the plugin is installed.
 Columns: E+F; Born terms with the default `affine` method (any potential); with
 `pair_vectors` (strain applied to nbrs.vectors: for potentials that use nothing else); and
-`jax.hessian` (jacfwd∘jacrev over the 6 Voigt strains, the obvious alternative).  Times are the best of `repeats` rounds of 3 calls, after compilation.
+`jax.hessian` (jacfwd∘jacrev over the 6 Voigt strains, the obvious alternative).  Times are the best of `repeats` rounds of 3 calls after compilation;
+ratios are medians over rounds of interleaved measurements (robust to a shared machine's load).
 """
 from __future__ import annotations
 
@@ -17,16 +18,26 @@ import time
 import jax
 
 
-def _timeit(fn, *args, repeats: int = 5) -> float:
-    jax.block_until_ready(fn(*args))  # compile
-    best = float("inf")
+def _interleaved(fns, *args, repeats: int = 5):
+    """Per-call times of `fns` measured in alternation, round by round; returns (best time per
+    fn, median over rounds of time/time of fns[0]) so that load changes on a shared machine
+    affect numerator and denominator alike."""
+    import numpy as np
+
+    for fn in fns:
+        jax.block_until_ready(fn(*args))  # compile
+    rounds = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(3):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - t0) / 3)
-    return best
+        row = []
+        for fn in fns:
+            t0 = time.perf_counter()
+            for _ in range(3):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            row.append((time.perf_counter() - t0) / 3)
+        rounds.append(row)
+    t = np.array(rounds)
+    return t.min(axis=0), np.median(t / t[:, :1], axis=0)
 
 
 def _toy_eam():
@@ -96,7 +107,7 @@ def main():
         return jax.grad(u)(zero), jax.hessian(u)(zero)
 
     print(f"device {jax.devices()[0].platform}, dtype {'float64' if args.float64 else 'float32'}; "
-          f"best of {args.repeats}×3 calls")
+          f"times: best of {args.repeats} rounds of 3 calls; ratios: median over rounds vs E+F")
     print(f"{'potential':26s} {'N':>4s} {'E+F ms':>9s} {'Born ms':>9s} {'ratio':>6s} {'pair_vec ms':>12s} {'ratio':>6s} "
           f"{'jax.hessian':>12s} {'ratio':>6s}")
     for name, make, atoms in cases:
@@ -107,12 +118,10 @@ def main():
             pot = pot.grow(conf, nbrs) if bool(pot.overflow(conf, nbrs)) else pot
         except OverflowError:
             pass
-        t_ef = _timeit(e_f, pot, conf, nbrs, repeats=args.repeats)
-        t_b = _timeit(born, pot, conf, nbrs, repeats=args.repeats)
-        t_p = _timeit(born_pairs, pot, conf, nbrs, repeats=args.repeats)
-        t_h = _timeit(born_rev_rev, pot, conf, nbrs, repeats=args.repeats)
-        print(f"{name:26s} {conf.n_atoms:4d} {1e3 * t_ef:9.2f} {1e3 * t_b:9.2f} {t_b / t_ef:6.2f} {1e3 * t_p:12.2f} "
-              f"{t_p / t_ef:6.2f} {1e3 * t_h:12.2f} {t_h / t_ef:6.2f}")
+        (t_ef, t_b, t_p, t_h), (_, r_b, r_p, r_h) = _interleaved([e_f, born, born_pairs, born_rev_rev], pot, conf,
+                                                                 nbrs, repeats=args.repeats)
+        print(f"{name:26s} {conf.n_atoms:4d} {1e3 * t_ef:9.2f} {1e3 * t_b:9.2f} {r_b:6.2f} {1e3 * t_p:12.2f} "
+              f"{r_p:6.2f} {1e3 * t_h:12.2f} {r_h:6.2f}")
 
 
 if __name__ == "__main__":
