@@ -28,8 +28,8 @@ CFG = dict(batch_size=4, eval_batch_size=4, learning_rate=0.05, patience=None, p
 def test_recovers_lj_teacher_parameters(splits, tmp_path):
     train, val, test = splits
     before = dft.evaluate(student(), test, batch_size=4)
-    best, hist = dft.train_dft(student(), train, val, test, dft.DFTTrainConfig(epochs=40, **CFG), tmp_path,
-                               progress=None)
+    cfg = dft.DFTTrainConfig(epochs=40, checkpoint_every=20, **CFG)
+    best, hist = dft.train_dft(student(), train, val, test, cfg, tmp_path, progress=None)
     after = dft.evaluate(best, test, batch_size=4)
     assert after.force_rmse < before.force_rmse / 50
     np.testing.assert_allclose(np.asarray(best.epsilon), 0.2, rtol=0.02)
@@ -136,3 +136,21 @@ def test_weights_from_paper_units():
     assert w.forces / w.energy == pytest.approx(1e6, rel=1e-9)
     with pytest.raises(Exception):
         dft.DFTTrainConfig(epochs=1, bogus=1)
+
+
+@pytest.mark.slow  # ~15 s: reads the whole Saidi set and plots; run with `pytest -m slow`
+def test_saidi_benchmark_script_runs_with_lennard_jones(shared_data, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    tar = shared_data / "dft" / "ti_pbe_saidi_iter0.tar.xz"
+    if not tar.is_file():
+        pytest.skip(f"{tar} not found")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_dft_saidi.py"
+    spec = importlib.util.spec_from_file_location("train_dft_saidi", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--data", str(tar), "--potential", "lennard_jones", "--max-train", "16", "--max-eval", "8",
+                      "--epochs", "1", "--batch-size", "4", "--buckets", "", "--lr", "0.01", "--out", str(tmp_path)])
+    assert out["n_test"] == 8 and out["test"]["force_rms_label"] > 0.5
+    assert (tmp_path / "parity.png").stat().st_size > 1000 and (tmp_path / "summary.json").is_file()
