@@ -1,0 +1,155 @@
+"""Speed of the DimeNet++ potential on hcp titanium, and the ratio to chemtrain's implementation.
+
+256-atom hcp Ti (orthorhombic cell ×(4,4,4), 0.05 Å random displacements), float32, the
+titanium paper's hyperparameters (plugin defaults), dt = 0.5 fs.  Prints
+  - energy+force evaluations per second,
+  - NVT Langevin MD steps per second through the fusepot `nvt_langevin` ensemble (core/md.py),
+  - peak memory (XLA buffers of the jitted energy+forces, and process peak RSS) for 256 and
+    2048 atoms,
+and then runs the peer, chemtrain's DimeNet++ (`/work/shared/bench/chemtrain_anchor`,
+`dimenet_md.py 4`, same cell and model) right after ours and prints both raw figures and the
+ratio.  The machine may be shared: compare only figures taken back to back.
+
+Usage: python benchmarks/bench_dimenet_speed.py [--md-steps 400] [--no-peer] [--no-2048]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+
+import ase.build
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fusepot.core import mechanics
+from fusepot.core import neighbors as nb
+from fusepot.core.interfaces import StatePoint
+from fusepot.core.plugins import BuildContext, get_plugin_manager
+from fusepot.core.system import from_ase
+
+PEER_DIR = "/work/shared/bench/chemtrain_anchor"
+PEER_PYTHON = "/tmp/chemtrain-venv/bin/python"
+SKIN = 0.5  # Å, the ensemble's default neighbor skin
+ENERGY_SCALE = 0.01
+
+
+def titanium(reps: int, seed: int = 0):
+    atoms = ase.build.bulk("Ti", "hcp", a=2.951, c=4.684, orthorhombic=True).repeat((reps, reps, reps))
+    atoms.positions += 0.05 * np.random.default_rng(seed).normal(size=atoms.positions.shape)
+    return from_ase(atoms, dtype=jnp.float32)
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def setup(reps: int):
+    conf, masses = titanium(reps)
+    # an untrained network has random O(eV) per-atom energies without short-range repulsion, so
+    # the lattice collapses within a few hundred steps; scale the energy down (same cost) so
+    # the run stays a thermal solid-like trajectory
+    pot = get_plugin_manager().build("potential", "dimenet_pp", {"energy_scale": ENERGY_SCALE},
+                                     BuildContext(species=["Ti"], dtype=jnp.float32))
+    nbrs = nb.allocate(conf.positions, conf.box, pot.cutoff, SKIN)
+    # fixed, tight buffers (the MD driver grows them if a later configuration needs more)
+    pot = pot.sized_for(conf, nbrs)
+    return conf, masses, pot, nbrs
+
+
+def time_energy_forces(pot, conf, nbrs, repeats: int):
+    f = eqx.filter_jit(mechanics.energy_and_forces)
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(pot, conf, nbrs))
+    compile_s = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(repeats):
+        out = f(pot, conf, nbrs)
+    jax.block_until_ready(out)
+    wall, cpu = (time.perf_counter() - t0) / repeats, (time.process_time() - c0) / repeats
+    mem = jax.jit(lambda p, c, n: mechanics.energy_and_forces(p, c, n)).lower(pot, conf, nbrs).compile()
+    ma = mem.memory_analysis()
+    xla_mib = (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes) / 2**20 if ma else float("nan")
+    return wall, cpu, compile_s, xla_mib
+
+
+def time_md(pot, conf, masses, n_steps: int):
+    pm = get_plugin_manager()
+    steps_per_frame = 100
+    frames = max(1, n_steps // steps_per_frame)
+    ens = pm.build("ensemble", "nvt_langevin",
+                   {"timestep_fs": 0.5, "production_ps": frames * steps_per_frame * 0.5e-3,
+                    "sample_every_ps": steps_per_frame * 0.5e-3, "neighbor_skin": SKIN, "chunk_frames": frames},
+                   BuildContext(species=["Ti"], dtype=jnp.float32))
+    sp = StatePoint(jnp.float32(323.0))
+    key = jax.random.PRNGKey(1)
+    t0 = time.perf_counter()
+    _, carry = ens.sample(pot, conf, masses, sp, key)  # compiles the chunk
+    compile_s = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    traj, carry = ens.sample(carry.potential, conf, masses, sp, key, restart=carry)
+    jax.block_until_ready(traj.positions)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return frames * steps_per_frame / wall, frames * steps_per_frame / cpu, compile_s, traj
+
+
+def run_peer():
+    if not os.path.exists(PEER_PYTHON):
+        print(f"peer: {PEER_PYTHON} missing; build it with `bash {PEER_DIR}/setup.sh`")
+        return None
+    t0 = time.perf_counter()
+    out = subprocess.run([PEER_PYTHON, f"{PEER_DIR}/dimenet_md.py", "4"], capture_output=True, text=True, cwd="/tmp")
+    text = out.stdout + out.stderr
+    ef = re.search(r"energy\+force eval/s=([\d.]+)", text)
+    mdm = re.search(r"md steps/s=([\d.]+)", text)
+    if not (ef and mdm):
+        print("peer failed:\n" + text[-2000:])
+        return None
+    print(f"chemtrain: {ef.group(0)}, {mdm.group(0)}  (script total {time.perf_counter() - t0:.0f} s)")
+    return float(ef.group(1)), float(mdm.group(1))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--md-steps", type=int, default=400)
+    ap.add_argument("--ef-repeats", type=int, default=20)
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--no-2048", action="store_true")
+    args = ap.parse_args(argv)
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} (others share this machine)")
+
+    conf, masses, pot, nbrs = setup(4)
+    n = conf.n_atoms
+    print(f"[ours] {n} atoms, float32, K = {pot.max_neighbors} neighbors/atom, E_cap = {pot.edge_capacity} edges, "
+          f"neighbor list capacity {nbrs.capacity}")
+    wall, cpu, comp, xla = time_energy_forces(pot, conf, nbrs, args.ef_repeats)
+    print(f"[ours] energy+force eval/s = {1 / wall:.2f} ({wall * 1e3:.1f} ms wall, {cpu * 1e3:.1f} ms CPU; "
+          f"compile {comp:.1f} s); XLA buffers {xla:.0f} MiB")
+    md_wall, md_cpu, md_comp, traj = time_md(pot, conf, masses, args.md_steps)
+    print(f"[ours] md steps/s = {md_wall:.2f} (CPU-time rate {md_cpu:.2f}/s; {args.md_steps} steps, "
+          f"first run incl. compile {md_comp:.1f} s); peak RSS so far {rss_mib():.0f} MiB")
+    print(f"[ours] final frame: U = {float(traj.ref_energy[-1]):.3f} eV, finite = "
+          f"{bool(np.all(np.isfinite(np.asarray(traj.positions))))}")
+
+    if not args.no_peer:
+        peer = run_peer()
+        if peer:
+            print(f"ratio ours/chemtrain: energy+force {1 / wall / peer[0]:.2f}x, md steps {md_wall / peer[1]:.2f}x")
+
+    if not args.no_2048:
+        conf8, _, pot8, nbrs8 = setup(8)
+        wall8, cpu8, comp8, xla8 = time_energy_forces(pot8, conf8, nbrs8, 3)
+        print(f"[ours] {conf8.n_atoms} atoms: energy+force eval/s = {1 / wall8:.2f} ({wall8 * 1e3:.0f} ms wall, "
+              f"{cpu8 * 1e3:.0f} ms CPU), K = {pot8.max_neighbors}; XLA buffers {xla8:.0f} MiB; "
+              f"peak RSS {rss_mib():.0f} MiB")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

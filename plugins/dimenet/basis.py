@@ -1,0 +1,121 @@
+"""Radial and spherical bases of DimeNet (Gasteiger, Groß & Günnemann, ICLR 2020, eqs. 7-8).
+
+All functions take the distance already scaled by the cutoff, x = r / r_c in (0, 1).
+The spherical Bessel zeros are computed once on the host (scipy); everything else is jax.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def envelope(x, p: int = 6):
+    """Polynomial cutoff u(x) = 1 − (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) − p(p+1)/2 x^(p+2).
+
+    u(1) = u'(1) = u''(1) = 0, so energies and forces go smoothly to zero at the cutoff.
+    """
+    xp = x**p
+    u = 1.0 - 0.5 * (p + 1) * (p + 2) * xp + p * (p + 2) * xp * x - 0.5 * p * (p + 1) * xp * x * x
+    return jnp.where(x < 1.0, u, 0.0)
+
+
+def bessel_rbf(x, frequencies, p: int = 6):
+    """Radial basis e_n(x) = u(x) sin(f_n x) / x, f_n initialised to nπ; shape x.shape + (R,)."""
+    xs = x[..., None]
+    return (envelope(x, p) / x)[..., None] * jnp.sin(frequencies * xs)
+
+
+@functools.lru_cache(maxsize=None)
+def spherical_bessel_zeros(n_spherical: int, n_radial: int) -> np.ndarray:
+    """z[l, n]: the (n+1)-th positive zero of j_l, for l < n_spherical (host-side, scipy)."""
+    from scipy.optimize import brentq
+    from scipy.special import spherical_jn
+
+    zeros = np.zeros((n_spherical, n_radial))
+    grid = np.linspace(1e-3, math.pi * (n_radial + n_spherical + 2), 20000)
+    for l in range(n_spherical):
+        v = spherical_jn(l, grid)
+        idx = np.nonzero(np.sign(v[:-1]) * np.sign(v[1:]) < 0)[0][:n_radial]
+        if len(idx) < n_radial:
+            raise RuntimeError(f"found only {len(idx)} zeros of j_{l}")
+        zeros[l] = [brentq(lambda t: spherical_jn(l, t), grid[i], grid[i + 1], xtol=1e-14) for i in idx]
+    return zeros
+
+
+@functools.lru_cache(maxsize=None)
+def spherical_bessel_normalisers(n_spherical: int, n_radial: int) -> np.ndarray:
+    """N[l, n] = sqrt(2) / |j_{l+1}(z_ln)|, which makes sqrt(x²)·N j_l(z_ln x) orthonormal on [0, 1]."""
+    from scipy.special import spherical_jn
+
+    z = spherical_bessel_zeros(n_spherical, n_radial)
+    return np.stack([np.sqrt(2.0) / np.abs(spherical_jn(l + 1, z[l])) for l in range(n_spherical)])
+
+
+def _jl_closed(l_max: int, x):
+    """j_0..j_{l_max} by the closed form (upward recurrence from sin and cos); accurate for x ≳ l."""
+    s, c = jnp.sin(x), jnp.cos(x)
+    inv = 1.0 / x
+    out = [s * inv]
+    if l_max >= 1:
+        out.append(s * inv * inv - c * inv)
+    for l in range(1, l_max):
+        out.append((2 * l + 1) * inv * out[l] - out[l - 1])
+    return out
+
+
+def _jl_series(l: int, x, n_terms: int = 12):
+    """Power series j_l(x) = x^l Σ_k (−x²/2)^k / (k! (2l+2k+1)!!), accurate for x ≲ l + 1."""
+    dfact = float(np.prod(np.arange(2 * l + 1, 0, -2)))
+    h = -0.5 * x * x
+    acc = jnp.ones_like(x)
+    for k in range(n_terms, 0, -1):  # Horner
+        acc = 1.0 + acc * h / (k * (2 * l + 2 * k + 1))
+    return x**l * acc / dfact
+
+
+def spherical_jl(l: int, x):
+    """j_l(x) for x > 0, stable in float32 (power series below x = l, closed form above).
+
+    Each branch sees only inputs in its own range (double `where`), so gradients stay finite.
+    """
+    if l == 0:
+        return jnp.sin(x) / x
+    small = x < float(l)
+    xs = jnp.where(small, x, 0.5 * l)
+    xl = jnp.where(small, float(l) + 1.0, x)
+    return jnp.where(small, _jl_series(l, xs), _jl_closed(l, xl)[l])
+
+
+def spherical_radial(x, n_spherical: int, n_radial: int, p: int = 6):
+    """Radial part of the spherical basis: N_ln j_l(z_ln x) u(x); shape x.shape + (L, R)."""
+    z = spherical_bessel_zeros(n_spherical, n_radial)
+    norm = jnp.asarray(spherical_bessel_normalisers(n_spherical, n_radial), x.dtype)
+    xs = x[..., None]
+    vals = jnp.stack([spherical_jl(l, jnp.asarray(z[l], x.dtype) * xs) for l in range(n_spherical)], axis=-2)
+    return norm * vals * envelope(x, p)[..., None, None]
+
+
+def legendre_harmonics(cos_angle, n_spherical: int):
+    """Y_l^0(α) = sqrt((2l+1)/4π) P_l(cos α) for l < n_spherical; shape cos.shape + (L,)."""
+    p = [jnp.ones_like(cos_angle), cos_angle]
+    for l in range(1, n_spherical - 1):
+        p.append(((2 * l + 1) * cos_angle * p[l] - l * p[l - 1]) / (l + 1))
+    norms = [math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(n_spherical)]
+    return jnp.stack([norms[l] * p[l] for l in range(n_spherical)], axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def legendre_monomial_coefficients(n_spherical: int) -> np.ndarray:
+    """a[l, k] with Y_l^0(α) = sqrt((2l+1)/4π) P_l(c) = Σ_k a[l, k] c^k, c = cos α (host-side).
+
+    Lets the triplet loop evaluate only powers c^k; the change of basis is folded into the
+    per-edge weights.  Coefficients are at most ~20 for l < 7, so float32 loses little.
+    """
+    a = np.zeros((n_spherical, n_spherical))
+    for l in range(n_spherical):
+        coef = np.polynomial.legendre.leg2poly(np.eye(n_spherical)[l])
+        a[l, :len(coef)] = coef * math.sqrt((2 * l + 1) / (4 * math.pi))
+    return a
