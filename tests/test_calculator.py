@@ -220,3 +220,16 @@ def test_from_run_errors_name_the_file(tmp_path):
     run3 = make_run(tmp_path / "other_model", trained={"weights": np.zeros(3)})
     with pytest.raises(CheckpointError, match=r"final_potential.npz has no entry"):
         FusepotCalculator.from_run(run3)
+
+
+def test_docs_snippets_run():
+    """docs/calculator.md's python blocks run as written (one namespace, like a reader's session)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "calculator.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    ns = {"__name__": "docs_calculator"}
+    for code in blocks:
+        exec(compile(code, "calculator.md", "exec"), ns)

@@ -169,3 +169,16 @@ def test_titanium_structures():
     assert {k: len(v) for k, v in s.items()} == {"hcp": 2, "bcc": 1, "fcc": 1}
     assert s["hcp"].get_volume() / 2 == pytest.approx(np.sqrt(3) / 4 * 2.951 ** 2 * 4.686, rel=1e-12)
     assert all(set(a.get_chemical_symbols()) == {"Ti"} for a in s.values())
+
+
+def test_docs_snippets_run():
+    """docs/evaluation_tools.md's python blocks run as written (one namespace)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluation_tools.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2
+    ns = {"__name__": "docs_evaluation_tools"}
+    for code in blocks:
+        exec(compile(code, "evaluation_tools.md", "exec"), ns)
