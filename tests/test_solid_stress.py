@@ -10,7 +10,7 @@ from fusepot.core import neighbors as nb
 from fusepot.core.interfaces import Frame, StatePoint
 from fusepot.core.mechanics import pressure
 from fusepot.core.plugins import BuildContext, get_plugin_manager
-from fusepot.core.system import Configuration, from_ase
+from fusepot.core.system import from_ase
 from fusepot.core.units import BOLTZMANN_EV_PER_K, gpa_to_internal, pressure_to_gpa
 from fusepot.plugins.solid import (born_terms, energy_volume_curve, fit_birch_murnaghan, voigt_moduli_cubic,
                                    voigt_moduli_hexagonal)
