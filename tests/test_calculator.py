@@ -105,6 +105,25 @@ def test_neighbor_list_reused_reallocated_on_overflow_and_new_cells():
     np.testing.assert_allclose(small.get_stress(), cubic.get_stress(), rtol=1e-9, atol=1e-14)
 
 
+def test_compiles_once_per_atom_count(monkeypatch):
+    import fusepot.core.calculator as calculator_module
+
+    traces = []
+
+    def counting(*args):
+        traces.append(1)  # runs only while jax traces (compiles) the evaluation
+        return mechanics.energy_forces_virial(*args)
+
+    monkeypatch.setattr(calculator_module, "energy_forces_virial", counting)
+    atoms = bulk("Ar", "fcc", a=5.26).repeat((3, 3, 2))  # an atom count no other test uses
+    atoms.calc = FusepotCalculator(lj_argon(), ["Ar"])
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # phonopy-like displaced copies: same shapes, one compilation
+        atoms.positions += rng.normal(scale=0.01, size=atoms.positions.shape)
+        atoms.get_forces()
+    assert len(traces) == 1 and atoms.calc.n_allocations == 1
+
+
 def test_bfgs_relaxes_rattled_fcc_to_the_perfect_lattice():
     pot = lj_argon()
     perfect = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(2)
