@@ -254,7 +254,9 @@ def _accumulate_grad(potential, observables, templates, frames: Frame, g_u, g_va
     def surrogate(p, frame, gu, gv):
         pot = eqx.combine(p, static)
         u, vals, _ = _frame_eval(pot, observables, templates, frame)
-        return gu * u + sum(jnp.sum(gv[k] * vals[k]) for k in vals)
+        # per-frame values may be pytrees (e.g. a dict of arrays): contract leaf by leaf
+        return gu * u + sum(jnp.sum(a * b) for k in vals
+                            for a, b in zip(jax.tree_util.tree_leaves(gv[k]), jax.tree_util.tree_leaves(vals[k])))
 
     def chunk_grad(p, fr, gu, gv):
         return jax.grad(lambda q: jnp.sum(jax.vmap(lambda f, a, b: surrogate(q, f, a, b))(fr, gu, gv)))(p)

@@ -168,7 +168,21 @@ def update(nbrs: NeighborList, positions, box=None, atom_mask=None, force: bool 
         return NeighborList(i, j, shifts, valid, positions, box, nbrs.overflow | (cnt > nbrs.capacity), cnt,
                             nbrs.images, nbrs.cutoff, nbrs.skin, nbrs.minimum_image)
 
-    return jax.lax.cond(need, rebuild, lambda _: nbrs, None)
+    out = jax.lax.cond(need, rebuild, lambda _: nbrs, None)
+    # the image set (or minimum-image mode) chosen at allocation must still cover cutoff + skin
+    # in the current box; if the box shrank or sheared past that, flag it so the caller reallocates
+    return eqx.tree_at(lambda n: n.overflow, out, out.overflow | ~_images_cover(nbrs, box))
+
+
+def _images_cover(nbrs: NeighborList, box):
+    vol = jnp.abs(jnp.linalg.det(box))
+    a, b, c = box[0], box[1], box[2]
+    widths = vol / jnp.stack([jnp.linalg.norm(jnp.cross(b, c)), jnp.linalg.norm(jnp.cross(c, a)),
+                              jnp.linalg.norm(jnp.cross(a, b))])
+    r = nbrs.cutoff + nbrs.skin
+    if nbrs.minimum_image:
+        return jnp.all(widths > 2 * r)
+    return jnp.all(jnp.ceil(r / widths) <= jnp.max(jnp.abs(nbrs.images), axis=0))
 
 
 def check(nbrs: NeighborList, where: str = "") -> None:

@@ -8,7 +8,7 @@ K, GPa, Å, ps, eV, amu.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -113,9 +113,8 @@ class OptimizerSpec(_Strict):
     clip_norm: Optional[float] = Field(None, gt=0, description="global gradient-norm clipping")
 
 
-class ExpTrainerSpec(_Strict):
-    kind: Literal["exp"] = "exp"
-    updates: int = Field(..., ge=1, description="number of DiffTRe updates")
+class ExpSettings(_Strict):
+    """Settings of the DiffTRe (EXP) part, shared by the exp, sequential and fused trainers."""
     reuse_threshold: float = Field(0.9, ge=0, le=1,
                                    description="regenerate a trajectory when N_eff/N falls below this (1.0: every update)")
     reweight_batch: int = Field(8, ge=1, description="frames per vectorised chunk when reweighting")
@@ -123,7 +122,73 @@ class ExpTrainerSpec(_Strict):
     lr_reduction_on_failure: float = Field(0.5, gt=0, le=1)
 
 
-TrainerSpec = ExpTrainerSpec
+class ExpTrainerSpec(ExpSettings):
+    """EXP only: DiffTRe from the spec's potential."""
+    kind: Literal["exp"] = "exp"
+    updates: int = Field(..., ge=1, description="number of DiffTRe updates")
+
+
+class DFTTrainerSpec(_Strict):
+    """DFT only: the `dft` section's data and training settings."""
+    kind: Literal["dft"] = "dft"
+
+
+class SequentialTrainerSpec(ExpSettings):
+    """DFT pre-training (or `pretrained`), then EXP only."""
+    kind: Literal["sequential"] = "sequential"
+    updates: int = Field(..., ge=1, description="number of DiffTRe updates after pre-training")
+    pretrained: Optional[str] = Field(None, description="run folder or .npz of DFT-trained parameters (relative to "
+                                                        "the spec); default: pre-train with the `dft` section")
+    energy_shift: bool = Field(True, description="report test errors with the mean per-atom energy shift removed")
+
+
+class SelectionSpec(_Strict):
+    """Model selection / early stopping on c = dft_weight · DFT validation loss + exp_weight · EXP loss."""
+    dft_weight: float = Field(1.0, ge=0)
+    exp_weight: float = Field(1.0, ge=0)
+    patience: Optional[int] = Field(None, ge=1, description="stop after this many epochs without improvement")
+
+
+class FusedTrainerSpec(ExpSettings):
+    """Alternate DFT and EXP training, starting from a DFT pre-trained model.
+
+    switching "epoch": one DFT epoch then one EXP update per fused epoch (the paper);
+    "batch": one EXP update after every `switch_every` DFT batches."""
+    kind: Literal["fused"] = "fused"
+    epochs: int = Field(..., ge=1, description="fused epochs")
+    pretrained: Optional[str] = Field(None, description="run folder or .npz of DFT-trained parameters; default: "
+                                                        "pre-train with the `dft` section")
+    switching: Literal["epoch", "batch"] = "epoch"
+    switch_every: int = Field(10, ge=1, description="DFT batches between EXP updates (switching: batch)")
+    optimizer_states: Literal["separate", "shared"] = Field(
+        "separate", description="separate optax states for the DFT and EXP steps (paper), or one shared state "
+                                "(then `optimizer` drives both)")
+    dft_optimizer: Optional["OptimizerSpec"] = Field(None, description="optimiser of the DFT steps during fusion "
+                                                                       "(default: dft.train settings)")
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+
+
+TrainerSpec = Annotated[Union[ExpTrainerSpec, DFTTrainerSpec, SequentialTrainerSpec, FusedTrainerSpec],
+                        Field(discriminator="kind")]
+
+
+class DFTDataSpec(_Strict):
+    paths: list[str] = Field(..., min_length=1, description="DeePMD system folders or ASE-readable files (relative "
+                                                            "to the spec)")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns of systems/files to drop")
+    max_force: Optional[float] = Field(None, gt=0, description="drop configurations with an atom force above this (eV/Å)")
+    energy_per_atom: Optional[tuple[Optional[float], Optional[float]]] = Field(
+        None, description="keep configurations with energy per atom in [lo, hi] eV/atom")
+    energy_unit: str = "eV"
+    length_unit: str = "A"
+    split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/validation/test fractions")
+    split_seed: int = 0
+    max_samples: Optional[int] = Field(None, ge=1, description="use at most this many configurations (quick runs)")
+
+
+class DFTSpec(_Strict):
+    data: DFTDataSpec
+    train: dict[str, Any] = Field(default_factory=dict, description="DFT trainer settings (see docs/dft_training.md)")
 
 
 class ExperimentSpec(_Strict):
@@ -134,16 +199,23 @@ class ExperimentSpec(_Strict):
     system: SystemSpec
     potential: PluginRef
     prior: Optional[PluginRef] = Field(None, description="fixed prior potential added to the trained one")
-    state_points: list[StatePointSpec] = Field(..., min_length=1)
+    state_points: list[StatePointSpec] = Field(default_factory=list)
+    dft: Optional[DFTSpec] = Field(None, description="DFT data and training (trainer kinds dft, sequential, fused)")
     trainer: TrainerSpec
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     progress_every_s: float = Field(5.0, gt=0, description="seconds between progress lines")
 
     @model_validator(mode="after")
-    def _unique_names(self):
+    def _consistent(self):
         names = [s.name for s in self.state_points]
         if len(set(names)) != len(names):
             raise ValueError(f"state point names must be unique, got {names}")
+        kind = self.trainer.kind
+        if kind != "dft" and not self.state_points:
+            raise ValueError(f"trainer.kind {kind!r} needs at least one entry in state_points")
+        needs_dft = kind == "dft" or (kind in ("sequential", "fused") and (kind == "fused" or not self.trainer.pretrained))
+        if needs_dft and self.dft is None:
+            raise ValueError(f"trainer.kind {kind!r} needs the `dft` section (data and training settings)")
         return self
 
 
@@ -177,6 +249,18 @@ def _validate_plugin_params(spec: ExperimentSpec, pm: PluginManager) -> None:
             errors.append(_format_validation(exc, f"{path}.params"))
 
     check("potential", spec.potential, "potential")
+    if spec.dft is not None:
+        from .trainers.dft import DFTTrainConfig
+
+        try:
+            DFTTrainConfig.model_validate(spec.dft.train)
+        except ValidationError as exc:
+            errors.append(_format_validation(exc, "dft.train"))
+        for k, u in (("energy_unit", spec.dft.data.energy_unit), ("length_unit", spec.dft.data.length_unit)):
+            try:
+                units.canonical(u)
+            except ValueError as exc:
+                errors.append(f"  dft.data.{k}: {exc}")
     if spec.prior is not None:
         check("potential", spec.prior, "prior")
     for i, sp in enumerate(spec.state_points):

@@ -127,8 +127,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     real_save = exp.ExpTrainer._save
     calls = {"n": 0}
 
-    def save_then_die(self):
-        real_save(self)
+    def save_then_die(self, d):
+        real_save(self, d)
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt  # simulated kill right after the 2nd checkpoint

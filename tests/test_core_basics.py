@@ -99,3 +99,14 @@ def test_md_temperature_and_nan_detection():
     boom = pm.build("ensemble", "nvt_langevin", {"timestep_fs": 50, "production_ps": 1, "sample_every_ps": 0.1})
     with pytest.raises((MDFailure, OverflowError)):
         boom.sample(lj_argon(), bad, masses, StatePoint(50.0), jax.random.PRNGKey(0))
+
+
+def test_shrinking_box_beyond_image_set_is_flagged():
+    conf, _ = argon_fcc(3)  # 15.8 Å cube: minimum image for r = 5.5 Å
+    nl = nb.allocate(conf.positions, conf.box, 5.0, skin=0.5)
+    assert nl.minimum_image
+    ok = nb.update(nl, conf.positions, conf.box)
+    assert not bool(ok.overflow)
+    small = conf.box * 0.68  # 10.7 Å < 2 (cutoff + skin): minimum image no longer exact
+    bad = nb.update(nl, conf.positions * 0.68, small)
+    assert bool(bad.overflow)

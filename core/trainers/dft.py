@@ -419,11 +419,17 @@ class DFTTrainer:
                     model = _grow_until_fits(model, batch, ovf, progress)
         return model
 
+    def batch_chunks(self, every: int, key=None) -> list[list]:
+        """The shuffled batches of one epoch cut into consecutive groups of `every` (for the
+        batch-wise switching of fused training); same order as `epoch(key=key)`."""
+        batches = list(self.train.batches(self.config.batch_size, seed=_seed_of(key), shuffle=True))
+        return [batches[k:k + every] for k in range(0, len(batches), every)]
+
     def epoch(self, model: Potential, opt_state, key=None, deadline: Optional[float] = None,
-              progress: Progress = None, label: str = "dft") -> tuple[Potential, object, EpochStats]:
+              progress: Progress = None, label: str = "dft", batches=None) -> tuple[Potential, object, EpochStats]:
         """One shuffled pass over the training batches (host loop over a jitted `train_step`).
 
-        key: jax PRNG key or int seed for the shuffle.  deadline: time.monotonic() value after
+        key: jax PRNG key or int seed for the shuffle (ignored when `batches` is given).  deadline: time.monotonic() value after
         which the epoch stops early (stats.complete = False).  A buffer overflow discards the
         step, grows the potential and redoes the step.
         """
@@ -431,7 +437,12 @@ class DFTTrainer:
         losses = []
         complete = True
         nb = self.steps_per_epoch
-        for k, batch in enumerate(self.train.batches(self.config.batch_size, seed=_seed_of(key), shuffle=True)):
+        if batches is None:
+            batches = self.train.batches(self.config.batch_size, seed=_seed_of(key), shuffle=True)
+        else:  # an explicit subset of batches (fused training, batch-wise switching)
+            batches = list(batches)
+            nb = len(batches)
+        for k, batch in enumerate(batches):
             if deadline is not None and time.monotonic() > deadline:
                 complete = False
                 break

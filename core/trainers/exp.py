@@ -55,13 +55,19 @@ def _dtype(spec):
 class ExpTrainer:
     """Runs the DiffTRe loop described by an ExperimentSpec, writing into `out_dir`."""
 
-    def __init__(self, spec: ExperimentSpec, spec_dir: Path, out_dir: Path, progress: Progress | None = None):
+    def __init__(self, spec: ExperimentSpec, spec_dir: Path, out_dir: Path, progress: Progress | None = None,
+                 potential: Optional[Potential] = None, total_updates: Optional[int] = None):
+        """`potential`: start from these parameters instead of building them from the spec (e.g.
+        a DFT pre-trained model).  `total_updates`: default `spec.trainer.updates`."""
         self.spec, self.spec_dir, self.out = spec, Path(spec_dir), Path(out_dir)
+        self.settings = spec.trainer
+        self.total_updates = total_updates if total_updates is not None else getattr(spec.trainer, "updates", 0)
         self.progress = progress or Progress(spec.progress_every_s)
         self.dtype = _dtype(spec)
         system = build_system(spec, self.spec_dir, self.dtype)
         self.species = system.species
-        self.potential: Potential = build_potential(spec, system.species, self.spec_dir, self.dtype)
+        self.potential: Potential = potential if potential is not None else build_potential(
+            spec, system.species, self.spec_dir, self.dtype)
         self.points: list[StatePointRun] = []
         for i, sp in enumerate(spec.state_points):
             self.points.append(StatePointRun(
@@ -80,10 +86,10 @@ class ExpTrainer:
     # -- sampling ------------------------------------------------------------------------------
     def _sample(self, pt: StatePointRun, key, potential) -> float:
         t0 = time.perf_counter()
-        prog = lambda f, msg: self.progress(f, f"update {self.update_index + 1}/{self.spec.trainer.updates} | {pt.name}: {msg}")
+        prog = lambda f, msg: self.progress(f, f"update {self.update_index + 1}/{self.total_updates} | {pt.name}: {msg}")
         traj, carry = pt.ensemble.sample(potential, pt.conf, pt.masses, pt.state, key, restart=pt.carry, progress=prog)
         # U_ref recomputed by the reweighting code path itself, so that weights are exactly 1/N at θ = θ̂
-        u, _, templates = difftre.evaluate_frames(potential, traj, {}, pt.templates, self.spec.trainer.reweight_batch)
+        u, _, templates = difftre.evaluate_frames(potential, traj, {}, pt.templates, self.settings.reweight_batch)
         pt.traj = eqx.tree_at(lambda t: t.ref_energy, traj, u)
         pt.carry = carry
         # keep the neighbor templates: same shapes → no recompilation; overflow is checked and reallocated
@@ -93,7 +99,7 @@ class ExpTrainer:
     # -- one update ----------------------------------------------------------------------------
     def _process_point(self, pt: StatePointRun, key, potential, device=None):
         """Sample-or-reuse, reweight and differentiate one state point (runs on `device`)."""
-        tr = self.spec.trainer
+        tr = self.settings
         if device is not None:
             potential = jax.device_put(potential, device)
             pt.traj, pt.carry = jax.device_put(pt.traj, device), jax.device_put(pt.carry, device)
@@ -169,8 +175,7 @@ class ExpTrainer:
         return record
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _save(self) -> None:
-        d = self.out / "checkpoint"
+    def _save(self, d: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
         ckpt.save_tree(d / "potential.npz", self.potential)
         ckpt.save_tree(d / "optimizer.npz", self.opt_state)
@@ -185,8 +190,7 @@ class ExpTrainer:
                                          "has_traj": [pt.traj is not None for pt in self.points],
                                          "has_carry": [pt.carry is not None for pt in self.points]})
 
-    def _load(self) -> None:
-        d = self.out / "checkpoint"
+    def _load(self, d: Path) -> None:
         meta = ckpt.load_json(d / "meta.json")
         self.potential = ckpt.load_tree(d / "potential.npz", self.potential)
         params, _ = trainable(self.potential)
@@ -208,50 +212,62 @@ class ExpTrainer:
         self.progress.line(f"resumed from {d} after update {self.update_index}")
 
     # -- main loop -----------------------------------------------------------------------------
+    def try_update(self, metrics_path: Path) -> Optional[dict]:
+        """One DiffTRe update with failure handling: returns its record, or None when the update
+        was rejected (MD failure, NaN, unrecoverable overflow → parameters rolled back, learning
+        rate scaled down, event logged to `metrics_path`).  Raises MDFailure after too many."""
+        tr = self.settings
+        t0 = time.perf_counter()
+        backup = [(p.traj, p.carry, p.templates) for p in self.points]
+        try:
+            record = self._update()
+        except (MDFailure, FloatingPointError, OverflowError) as exc:
+            self.failures += 1
+            # roll back the optimiser step that produced the failing parameters; sampling restarts
+            # from the last good trajectories/states
+            if self._before_step is not None:
+                self.potential, self.opt_state = self._before_step
+                self._before_step = None
+            for p, (t, c, tm) in zip(self.points, backup):
+                p.traj, p.carry, p.templates = t, c, tm
+            self.lr_scale *= tr.lr_reduction_on_failure
+            msg = (f"update {self.update_index + 1} rejected ({type(exc).__name__}: {exc}); parameters rolled back, "
+                   f"learning-rate scale now {self.lr_scale:g} (failure {self.failures}/{tr.max_failures})")
+            log.warning(msg)
+            self.progress.line(msg)
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps({"update": self.update_index + 1, "rejected": str(exc)}) + "\n")
+            if self.failures > tr.max_failures:
+                raise MDFailure(f"too many failed updates ({self.failures}); last: {exc}") from exc
+            return None
+        self.update_index += 1
+        record["wall_s"] = time.perf_counter() - t0
+        return record
+
     def run(self, resume: bool = False) -> Potential:
-        tr = self.spec.trainer
+        """The EXP-only training loop (`trainer.kind: exp`)."""
         self.out.mkdir(parents=True, exist_ok=True)
         metrics_path = self.out / "metrics.jsonl"
-        if resume and (self.out / "checkpoint" / "meta.json").exists():
-            self._load()
+        ck = self.out / "checkpoint"
+        if resume and (ck / "meta.json").exists():
+            self._load(ck)
         elif resume:
             self.progress.line(f"--resume: no checkpoint in {self.out}; starting fresh")
         if self.update_index == 0 and metrics_path.exists():
             metrics_path.unlink()
-        t_start = time.perf_counter()
-        while self.update_index < tr.updates:
-            t0 = time.perf_counter()
-            backup = [(p.traj, p.carry, p.templates) for p in self.points]
-            try:
-                record = self._update()
-            except (MDFailure, FloatingPointError, OverflowError) as exc:
-                self.failures += 1
-                # roll back the optimiser step that produced the failing parameters; sampling restarts
-                # from the last good trajectories/states
-                if self._before_step is not None:
-                    self.potential, self.opt_state = self._before_step
-                    self._before_step = None
-                for p, (t, c, tm) in zip(self.points, backup):
-                    p.traj, p.carry, p.templates = t, c, tm
-                self.lr_scale *= tr.lr_reduction_on_failure
-                msg = (f"update {self.update_index + 1} rejected ({type(exc).__name__}: {exc}); parameters rolled back, "
-                       f"learning-rate scale now {self.lr_scale:g} (failure {self.failures}/{tr.max_failures})")
-                log.warning(msg)
-                self.progress.line(msg)
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps({"update": self.update_index + 1, "rejected": str(exc)}) + "\n")
-                if self.failures > tr.max_failures:
-                    raise MDFailure(f"too many failed updates ({self.failures}); last: {exc}") from exc
+        t_start, done0 = time.perf_counter(), self.update_index
+        while self.update_index < self.total_updates:
+            record = self.try_update(metrics_path)
+            if record is None:
                 continue
-            self.update_index += 1
-            record["wall_s"] = time.perf_counter() - t0
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
-            self._save()
+            self._save(ck)
             el = time.perf_counter() - t_start
-            self.progress.line(f"update {self.update_index}/{tr.updates} done: loss {record['loss']:.4g} "
+            eta = el / (self.update_index - done0) * (self.total_updates - self.update_index)
+            self.progress.line(f"update {self.update_index}/{self.total_updates} done: loss {record['loss']:.4g} "
                                f"({record['wall_s']:.1f} s; sampling {record['sample_s']:.1f} s, reweighting "
-                               f"{record['reweight_s']:.1f} s)")
+                               f"{record['reweight_s']:.1f} s; ETA {eta:.0f} s)")
         ckpt.save_tree(self.out / "final_potential.npz", self.potential)
         return self.potential
 
@@ -264,6 +280,6 @@ class ExpTrainer:
             dev = jax.devices()[0]  # state points may live on other devices after a sharded update
             r = difftre.reweight(jax.device_put(self.potential, dev), jax.device_put(pt.traj, dev), pt.targets,
                                  with_grad=False, templates=jax.device_put(pt.templates, dev),
-                                 batch_size=self.spec.trainer.reweight_batch)
+                                 batch_size=self.settings.reweight_batch)
             out[pt.name] = {t.name: np.asarray(r.estimates[t.name]).tolist() for t in pt.targets} | {"n_eff": r.n_eff}
         return out
