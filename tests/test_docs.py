@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["interfaces.md", "plugins.md", "difftre.md", "spec.md"]
+PAGES = ["interfaces.md", "plugins.md", "difftre.md", "spec.md", "datasets.md", "dft_training.md"]
 
 
 @pytest.mark.parametrize("page", PAGES)
