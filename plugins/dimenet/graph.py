@@ -4,9 +4,11 @@ Edge e = (i, j) from the fusepot neighbor list (i = `senders`, j = `receivers`) 
 message m_ji from neighbor j to centre i; its vector is d_e = r_j − r_i + n·box.  Only pairs
 with r < cutoff are active (the list also holds pairs out to cutoff + skin).
 
-Layout.  Active edges are sorted by centre (stable argsort + cumsum offsets) and placed in
-`slots` of shape (N, K): slot (i, q) is the q-th active edge of centre i.  A second sort by
-neighbor gives, for every atom j, the list of its K incoming edges (i -> j).
+Layout.  Active edges are compacted into an edge list of static size E_cap, sorted by centre
+(stable argsort + cumsum offsets); per-edge work (dense layers, bases) runs on that list.
+For the triplets, slot (j, q) of an (N, K) array is the q-th edge of centre j (a contiguous
+range of the sorted list), and a second sort by neighbor gives, for every atom j, its K
+incoming edges (i -> j).
 
 Triplets.  DimeNet aggregates into edge ji the messages of the edges kj (centre j, k ≠ the
 image of i).  For atom j these are all pairs (p, q) of (incoming edge p, outgoing slot q), so
@@ -14,9 +16,10 @@ the triplets of atom j form a dense K×K block and the triplet capacity is N·K�
 edges k = i-image, which are masked).  Aggregation is then one batched matmul per atom
 instead of a scatter over a flat triplet list, with no N×N array anywhere.
 
-Capacity.  K (max neighbors per atom within the cutoff, in and out) is static.  When an atom
-has more than K active edges, `overflow` is True: edges/triplets would not fit and the caller
-must grow K (`DimeNetPP.grow`).  Nothing is dropped silently.
+Capacity.  E_cap and K (max edges per atom within the cutoff, in and out) are static.  When
+the active edges exceed E_cap or an atom has more than K, `DimeNetPP.overflow` is True: edges
+or triplets would not fit and the caller must grow (`DimeNetPP.grow`).  Nothing is dropped
+silently.
 """
 from __future__ import annotations
 
