@@ -125,8 +125,13 @@ def run(step: Callable, init: Callable, potential: Potential, conf: Configuratio
                     nbrs = nb.allocate(pos, state.box, potential.cutoff, skin,
                                        capacity_factor * max(1.0, int(new_nbrs.count) / max(nbrs.capacity, 1)) * 1.1)
                 if pot_ovf:
-                    log.warning("%s: potential buffer overflow; growing buffers and redoing %d frames", label, k)
-                    potential = potential.grow(Configuration(state.positions, species, state.box), nbrs)
+                    # grow for the first frame that overflowed (the chunk's start usually still fits)
+                    f = int(np.argmax(np.asarray(recs[4])))
+                    bad_conf = Configuration(recs[0][f], species, recs[1][f])
+                    bad_nbrs = nb.allocate(recs[0][f], recs[1][f], potential.cutoff, skin, capacity_factor)
+                    log.warning("%s: potential buffer overflow at frame %d of the chunk; growing buffers and redoing "
+                                "%d frames", label, f, k)
+                    potential = potential.grow(bad_conf, bad_nbrs)
             else:
                 raise MDFailure(f"{label}: overflow persisted after 8 reallocations")
             if _bad(new_state.positions) or _bad(recs[3]):
