@@ -60,3 +60,19 @@ def test_md_failure_rolls_back_and_continues(tmp_path, failing_once, capsys):
     assert [l["update"] for l in done] == [1, 2]
     assert done[-1]["lr_scale"] == pytest.approx(0.5)
     assert "rolled back" in capsys.readouterr().err
+
+
+def test_multi_stage_protocol_in_the_spec(tmp_path):
+    """NPT at 60 K → NPT at the state point's 40 K → NVT production in the NPT mean cell, in one spec."""
+    spec = Path(__file__).parent / "data" / "protocol_state.yaml"
+    out = tmp_path / "run"
+    assert cli.main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["state_points"]["staged"]["n_frames"] for l in lines] == [10, 10]
+    assert all(l["state_points"]["staged"]["resampled"] for l in lines)
+    from fusepot.core.spec import load_spec
+    from fusepot.core.plugins import get_plugin_manager
+
+    sp = load_spec(spec).state_points[0]
+    ens = get_plugin_manager().build("ensemble", sp.ensemble.name, sp.ensemble.params)
+    assert ens.names == ("npt_hot", "npt_cool", "production") and ens.repeat == (False, False, True)

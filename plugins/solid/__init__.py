@@ -9,6 +9,7 @@ from .lattice import (EnergyVolumeCurve, LatticeConstants, LatticeConstantsParam
 from .nose_hoover import (NHState, NoseHooverNPT, NoseHooverNPTParams, NoseHooverNVT, NoseHooverNVTParams,
                           build_npt_nose_hoover, build_nvt_nose_hoover, kinetic_temperature)
 from .protocol import Stage, run_protocol
+from .protocol_ensemble import ProtocolEnsemble, ProtocolParams, build_protocol
 from .stress import Stress, StressParams, build_stress, stress_tensor
 from .voigt import voigt_moduli_cubic, voigt_moduli_hexagonal
 
@@ -32,6 +33,8 @@ def fusepot_ensembles():
                   "NVT Nosé–Hoover chain thermostat with velocity Verlet"),
         Component("npt_nose_hoover", NoseHooverNPT, NoseHooverNPTParams, build_npt_nose_hoover,
                   "NPT: MTK barostat with independent box axes (a, b, c) and Nosé–Hoover chains"),
+        Component("protocol", ProtocolEnsemble, ProtocolParams, build_protocol,
+                  "Multi-stage protocol (e.g. NPT equilibration, then NVT production); samples the last stage"),
     ]
 
 
