@@ -34,7 +34,8 @@ def _flatten(tree) -> dict[str, np.ndarray]:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write through `write(fh)` to a temporary file, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
@@ -46,7 +47,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def save_tree(path, tree) -> None:
     arrays = _flatten(tree)
-    _atomic_write(Path(path), lambda fh: np.savez(fh, **arrays))
+    atomic_write(Path(path), lambda fh: np.savez(fh, **arrays))
 
 
 def load_tree(path, like):
@@ -74,7 +75,7 @@ def load_tree(path, like):
 
 def save_json(path, obj) -> None:
     text = json.dumps(obj, indent=2, default=_json_default)
-    _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+    atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
 
 def _json_default(o):
@@ -82,6 +83,8 @@ def _json_default(o):
         return np.asarray(o).tolist()
     if isinstance(o, np.generic):
         return o.item()
+    if isinstance(o, Path):
+        return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -118,13 +117,15 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[fusepot] %(levelname)s %(name)s: %(message)s")
+    from .checkpoint import CheckpointError
+    from .datasets import DatasetError
     from .plugins import PluginError
     from .spec import SpecError
 
     handlers = {"plugins": _cmd_plugins, "validate": _cmd_validate, "schema": _cmd_schema, "run": _cmd_run}
     try:
         return handlers[args.command](args)
-    except (UsageError, SpecError, PluginError) as exc:
+    except (UsageError, SpecError, PluginError, DatasetError, CheckpointError) as exc:
         if args.debug:
             raise
         print(f"fusepot: error: {exc}", file=sys.stderr)

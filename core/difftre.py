@@ -20,7 +20,7 @@ the MD, and lets large models (DimeNet++) reweight hundreds of frames.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import equinox as eqx
@@ -30,7 +30,6 @@ import numpy as np
 
 from . import neighbors as nb
 from .interfaces import Frame, Observable, Potential, Trajectory
-from .system import Configuration
 from .units import convert
 
 log = logging.getLogger("fusepot.difftre")

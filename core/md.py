@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import equinox as eqx

@@ -150,3 +150,24 @@ def test_resume_with_changed_spec_refused(tmp_path, capsys):
     changed = write(tmp_path, SMALL.replace("updates: 3", "updates: 1").replace("seed: 3", "seed: 4"), "changed.yaml")
     assert cli.main(["run", str(changed), "--out", str(out), "--quiet", "--resume"]) == 2
     assert "differs" in capsys.readouterr().err
+
+
+def test_bad_dataset_exits_2_naming_file_and_frame(tmp_path, capsys):
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write as ase_write
+
+    frames = []
+    for k in range(3):
+        a = bulk("Ar", "fcc", a=5.26, cubic=True)
+        f = np.zeros((4, 3))
+        if k == 2:
+            f[1, 0] = np.nan
+        a.calc = SinglePointCalculator(a, energy=-0.3, forces=f)
+        frames.append(a)
+    ase_write(tmp_path / "bad.extxyz", frames)
+    spec = write(tmp_path, SMALL.replace("trainer: {kind: exp, updates: 3, reuse_threshold: 0.95}",
+                                         "dft: {data: {paths: [bad.extxyz]}}\ntrainer: {kind: dft}"))
+    assert cli.main(["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.extxyz" in err and "2" in err and "Traceback" not in err

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import optax
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..checkpoint import CheckpointError, atomic_write, load_json, save_json
 from ..datasets import Batch, Dataset, PaddedDataset, pad_dataset
 from ..interfaces import Potential
 from ..mechanics import energy_forces_virial
@@ -483,44 +483,25 @@ class DFTTrainer:
 # --------------------------------------------------------------------------------------------
 # checkpoints
 # --------------------------------------------------------------------------------------------
-def _atomic(path: Path, write: Callable) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path, tree, metadata: dict) -> None:
     """Leaves of `tree` via equinox (no pickle, no code) + `<path>.json` sidecar, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda fh: eqx.tree_serialise_leaves(fh, tree))
-    text = json.dumps(metadata, indent=2, default=_json_default).encode()
-    _atomic(path.with_suffix(".json"), lambda fh: fh.write(text))
+    atomic_write(path, lambda fh: eqx.tree_serialise_leaves(fh, tree))
+    save_json(path.with_suffix(".json"), metadata)
 
 
 def load_checkpoint(path, like):
     """(tree, metadata): leaves from `path` into the structure of `like` (same model/optimiser)."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        tree = eqx.tree_deserialise_leaves(fh, like)
+    try:
+        with open(path, "rb") as fh:
+            tree = eqx.tree_deserialise_leaves(fh, like)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
     meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = load_json(meta_path) if meta_path.is_file() else {}
     return tree, meta
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
 def _clean(d):
