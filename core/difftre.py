@@ -201,6 +201,7 @@ class ReweightResult:
     n_eff: float
     grad: object = None  # pytree like the potential (eqx.filter partition of arrays)
     templates: NeighborTemplates = None
+    errors: dict = None  # block-average standard errors of the estimates (same units)
 
 
 def _loss_from_arrays(observables, targets, beta, u_ref, frames, u, values):
@@ -211,8 +212,9 @@ def _loss_from_arrays(observables, targets, beta, u_ref, frames, u, values):
 
 
 def reweight(potential: Potential, traj: Trajectory, targets: list[Target], *, with_grad: bool = True,
-             templates: NeighborTemplates = None, batch_size: int = 8) -> ReweightResult:
-    """Reweighted estimates, loss, N_eff and (optionally) ∇_θ loss for one state point."""
+             templates: NeighborTemplates = None, batch_size: int = 8, n_blocks: int = 10) -> ReweightResult:
+    """Reweighted estimates, loss, N_eff, block-average error bars (`n_blocks`, 0 = none) and
+    (optionally) ∇_θ loss for one state point."""
     observables = {t.name: t.observable for t in targets}
     u, vals, templates = evaluate_frames(potential, traj, observables, templates, batch_size)
     for t in targets:  # keep observables whose buffers grew
@@ -227,9 +229,31 @@ def reweight(potential: Potential, traj: Trajectory, targets: list[Target], *, w
     grad = None
     if with_grad:
         grad = _accumulate_grad(potential, observables, templates, frames, g_u, g_vals, batch_size)
+    errors = block_errors(observables, np.asarray(w), vals, frames, n_blocks) if n_blocks else None
     return ReweightResult(float(loss), {k: float(v) for k, v in terms.items()},
                           {k: np.asarray(v) for k, v in est.items()}, np.asarray(w), float(effective_sample_size(w)),
-                          grad, templates)
+                          grad, templates, errors)
+
+
+def block_errors(observables: dict, weights, values: dict, frames: Frame, n_blocks: int = 10) -> dict:
+    """Standard error of each reweighted estimate from `n_blocks` contiguous blocks of frames
+    (each block's weights renormalised; the observable's own reduction, so fluctuation formulas
+    get a block error too).  Empty when there are fewer frames than blocks."""
+    n = weights.shape[0]
+    if n < max(n_blocks, 2):
+        return {}
+    size = n // n_blocks
+    out = {}
+    for name, o in observables.items():
+        ests = []
+        for b in range(n_blocks):
+            sl = slice(b * size, (b + 1) * size)
+            wb = weights[sl] / max(weights[sl].sum(), 1e-300)
+            vb = jax.tree_util.tree_map(lambda x: x[sl], values[name])
+            fb = jax.tree_util.tree_map(lambda x: x[sl], frames)
+            ests.append(np.asarray(o.to_user(o.reduce(jnp.asarray(wb), vb, fb)), dtype=np.float64))
+        out[name] = np.std(np.stack(ests), axis=0, ddof=1) / np.sqrt(n_blocks)
+    return out
 
 
 @eqx.filter_jit

@@ -98,3 +98,14 @@ def test_target_weight_from_uncertainty_and_units():
     assert w.lam == pytest.approx(1e-9 * (1 / 1.66054e-3) ** 2, rel=1e-4)
     with pytest.raises(ValueError, match="exactly one"):
         difftre.Target("p", pm.build("observable", "pressure", {}), 1.0, "GPa", weight=1.0, uncertainty=1.0)
+
+
+def test_block_error_bars_reported(traj):
+    from fusepot.core.stats import block_average
+
+    r = difftre.reweight(lj_argon(), traj, targets(), with_grad=False)
+    assert set(r.errors) == {"pressure", "energy"}
+    # at the reference parameters (uniform-ish weights) the block error equals plain block averaging
+    _, vals, _ = difftre.evaluate_frames(lj_argon(), traj, {"p": targets()[0].observable})
+    plain = block_average(np.asarray(targets()[0].observable.to_user(vals["p"])))
+    assert float(r.errors["pressure"]) == pytest.approx(float(plain.error), rel=0.05)

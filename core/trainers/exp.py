@@ -126,6 +126,8 @@ class ExpTrainer:
             "loss": r.loss, "n_eff": r.n_eff, "n_frames": pt.traj.n_frames, "resampled": resampled,
             "sample_s": t_sample, "reweight_s": t_rew,
             "targets": {t.name: {"estimate": np.asarray(r.estimates[t.name]).tolist(),
+                                 "block_error": (np.asarray(r.errors[t.name]).tolist() if r.errors and t.name in r.errors
+                                                 else None),
                                  "target": np.asarray(t.value_in_obs_unit).tolist(), "unit": t.obs_unit,
                                  "loss_term": r.terms[t.name]} for t in pt.targets},
         }
