@@ -119,3 +119,31 @@ def legendre_monomial_coefficients(n_spherical: int) -> np.ndarray:
         coef = np.polynomial.legendre.leg2poly(np.eye(n_spherical)[l])
         a[l, :len(coef)] = coef * math.sqrt((2 * l + 1) / (4 * math.pi))
     return a
+
+
+@functools.lru_cache(maxsize=None)
+def tensor_power_terms(n_powers: int) -> tuple:
+    """((a, b, c), multinomial k!/(a! b! c!)) for a + b + c = k < n_powers, grouped by k (host-side).
+
+    (u·v)^k = Σ_{a+b+c=k} k!/(a! b! c!) (u_x v_x)^a (u_y v_y)^b (u_z v_z)^c, so the k-th power of
+    the cosine of a triplet factorises into per-edge monomials: C(k+2, 2) terms, 84 for k < 7.
+    """
+    out = []
+    for k in range(n_powers):
+        out.append(tuple(((a, b, k - a - b), math.factorial(k) // (math.factorial(a) * math.factorial(b)
+                                                                   * math.factorial(k - a - b)))
+                         for a in range(k, -1, -1) for b in range(k - a, -1, -1)))
+    return tuple(out)
+
+
+def unit_monomials(u, n_powers: int):
+    """Per-vector monomials u_x^a u_y^b u_z^c for a + b + c = k < n_powers: shape u.shape[:-1] + (M,),
+    ordered as `tensor_power_terms` (k major)."""
+    comps = []
+    for c in range(3):
+        p = [jnp.ones_like(u[..., c]), u[..., c]]
+        for _ in range(2, n_powers):
+            p.append(p[-1] * u[..., c])
+        comps.append(p)
+    return jnp.stack([comps[0][a] * comps[1][b] * comps[2][c]
+                      for terms in tensor_power_terms(n_powers) for (a, b, c), _ in terms], axis=-1)

@@ -11,10 +11,12 @@ range of the sorted list), and a second sort by neighbor gives, for every atom j
 incoming edges (i -> j).
 
 Triplets.  DimeNet aggregates into edge ji the messages of the edges kj (centre j, k ≠ the
-image of i).  For atom j these are all pairs (p, q) of (incoming edge p, outgoing slot q), so
-the triplets of atom j form a dense K×K block and the triplet capacity is N·K² (minus the back
-edges k = i-image, which are masked).  Aggregation is then one batched matmul per atom
-instead of a scatter over a flat triplet list, with no N×N array anywhere.
+image of i).  For atom j these are all pairs (p, q) of (incoming edge p, outgoing slot q)
+except the back edge, whose out slot is recorded per in slot (`back_edge`, `has_back`).  The
+model never forms the N·K² triplet block: cos(α_pq)^k = (u_p·u_q)^k factorises into
+per-edge monomials of the unit vectors, so the sum over q is a per-atom moment (linear in K)
+and the back edge is subtracted explicitly (see `model.InteractionBlock`).  No N×N array
+is formed either.
 
 Capacity.  E_cap and K (max edges per atom within the cutoff, in and out) are static.  When
 the active edges exceed E_cap or an atom has more than K, `DimeNetPP.overflow` is True: edges
@@ -46,7 +48,8 @@ class Graph(eqx.Module):
     valid_out: jnp.ndarray  # (N, K) bool
     in_edge: jnp.ndarray  # (N, K) int32 compact edge index of the p-th edge entering j
     valid_in: jnp.ndarray  # (N, K) bool
-    not_back: jnp.ndarray  # (N, K, K) bool: triplet (p, q) of atom j is not the back edge k = i
+    back_edge: jnp.ndarray  # (N, K) int32 compact index of the back edge (j -> i, same image) of in slot (j, p)
+    has_back: jnp.ndarray  # (N, K) bool: that back edge sits in one of j's out slots
     n_edges: jnp.ndarray  # () int32 active edges (overflow when > E_cap)
     max_degree: jnp.ndarray  # () int32 largest in/out degree (overflow when > K)
 
@@ -103,14 +106,17 @@ def build_graph(conf: Configuration, nbrs: NeighborList, cutoff: float, k: int, 
     order_in, deg_in, start_in, rank_in = _sort_by(neighbor, valid, n)
     in_edge, valid_in = _padded(order_in, deg_in, start_in, e_cap, k)
     in_position = (neighbor * k + jnp.minimum(rank_in, k - 1)).astype(jnp.int32)
-    # back edge of triplet (p, q) at atom j: k = i and the image shifts cancel (k is the very
-    # image of i that the message goes to)
+    # back edge of in slot p at atom j: the out slot q with k = i whose image shift cancels
+    # (k is the very image of i that the message goes to); integer work, done once per energy
     same_atom = centre[in_edge][:, :, None] == neighbor[out_edge][:, None, :]
     same_image = jnp.all(shifts[in_edge][:, :, None, :] + shifts[out_edge][:, None, :, :] == 0, axis=-1)
+    back = same_atom & same_image & valid_in[:, :, None] & valid_out[:, None, :]
+    back_slot = jnp.argmax(back, axis=-1).astype(jnp.int32)
+    back_edge = jnp.take_along_axis(out_edge, back_slot, axis=1)
     max_degree = jnp.maximum(jnp.max(deg_out), jnp.max(deg_in))
     return Graph(d, valid, centre, neighbor, in_position, out_edge.astype(jnp.int32), valid_out,
-                 in_edge.astype(jnp.int32), valid_in, ~(same_atom & same_image), n_edges.astype(jnp.int32),
-                 max_degree.astype(jnp.int32))
+                 in_edge.astype(jnp.int32), valid_in, back_edge.astype(jnp.int32), jnp.any(back, axis=-1),
+                 n_edges.astype(jnp.int32), max_degree.astype(jnp.int32))
 
 
 def _volume_ratio(nbrs: NeighborList, cutoff: float) -> float:

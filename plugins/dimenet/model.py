@@ -69,27 +69,39 @@ class InteractionBlock(eqx.Module):
     skip: Dense
     after_skip: tuple
 
-    def __call__(self, m, rbf, sph, cos_powers, g: Graph):
-        """m (E,H) edge messages; rbf (E,R); sph (E,L·R) radial part of the spherical basis;
-        cos_powers (N,K,K·L) = mask · cos(α_pq)^k of the triplets (p, q) of each atom j."""
+    def sbf_weight(self, n_spherical: int, n_radial: int):
+        """(L·R, L·I): W_sbf1 @ W_sbf2 with the Legendre coefficients folded in, so that the
+        per-edge product sph @ W gives the coefficients of cos(α)^k, k < L, per int channel."""
+        w = (self.sbf1.weight @ self.sbf2.weight).reshape(n_spherical, n_radial, -1)  # (l, n, i)
+        a = jnp.asarray(basis.legendre_monomial_coefficients(n_spherical), w.dtype)  # (l, k)
+        return jnp.einsum("lni,lk->lnki", w, a).reshape(n_spherical * n_radial, -1)
+
+    def __call__(self, m, rbf_h, sbf_k, tri, g: Graph):
+        """m (E,H) edge messages; rbf_h (E,H) = e_RBF @ W_rbf1 @ W_rbf2; sbf_k (E,L,I) = per-edge
+        coefficients of cos(α)^k (`sbf_weight`); tri = (monomials of the out slots (N,K,M),
+        multinomial-weighted monomials of the in slots (N,K,M), cos(α)^k of each in slot's back
+        edge (N,K,L), masked)."""
         n, k = g.out_edge.shape
-        n_l = cos_powers.shape[-1] // k
-        n_r = sph.shape[-1] // n_l
-        x_ji = swish(self.ji(m))
-        x_kj = swish(self.kj(m)) * self.rbf2(self.rbf1(rbf))
+        u_out, u_in, back_powers = tri
+        n_l = sbf_k.shape[1]
+        hdim = m.shape[-1]
+        x = m @ jnp.concatenate([self.ji.weight, self.kj.weight], axis=1) + jnp.concatenate([self.ji.bias, self.kj.bias])
+        x_ji = swish(x[:, :hdim])
+        x_kj = swish(x[:, hdim:]) * rbf_h
         x_kj = swish(self.down(x_kj))  # (E, I)
-        # sbf @ W_sbf1 @ W_sbf2 with sbf[t, l, n] = sph[kj, l, n] · Σ_k a[l, k] cos^k(α_t): the radial
-        # index and the Legendre coefficients are contracted per edge (one E×(L·R) @ (L·R)×(L·I)
-        # matmul), so each triplet only needs the L powers of its cosine.
-        w = (self.sbf1.weight @ self.sbf2.weight).reshape(n_l, n_r, -1)  # (l, n, i)
-        a = jnp.asarray(basis.legendre_monomial_coefficients(n_l), w.dtype)  # (l, k)
-        w_full = jnp.einsum("lni,lk->lnki", w, a).reshape(n_l * n_r, -1)
-        b = (sph @ w_full).reshape(-1, n_l, w.shape[-1]) * x_kj[:, None, :]  # (E, L, I)
-        # padded layout of atom j's outgoing edges; invalid slots hold finite values that the
-        # triplet mask in cos_powers multiplies by zero
-        b = b[g.out_edge].reshape(n, k * n_l, -1)
-        # Σ over the triplets (p, q) of atom j: one (K × K·L) @ (K·L × I) matmul per atom
-        agg_in = jnp.einsum("jpz,jzi->jpi", cos_powers, b)  # message for incoming edge p of atom j
+        b = sbf_k * x_kj[:, None, :]  # (E, L, I): coefficient of cos^k for the kj edge
+        # Σ_{q ≠ back} Σ_k cos(α_pq)^k b[q, k] for incoming edge p of atom j.  cos(α_pq)^k =
+        # Σ_terms coef · mono(u_p) · mono(u_q), so the sum over the out slots q is a per-atom
+        # moment A_j = Σ_q mono(u_q) ⊗ b[q] (linear in K), contracted with each in slot's
+        # monomials; the back edge (included in the moment) is subtracted explicitly.
+        b_out = b[g.out_edge]  # (N, K, L, I); invalid slots have zero monomials
+        moments, off = [], 0
+        for kk, terms in enumerate(basis.tensor_power_terms(n_l)):
+            moments.append(jnp.einsum("jqc,jqi->jci", u_out[:, :, off:off + len(terms)], b_out[:, :, kk, :]))
+            off += len(terms)
+        moments = jnp.concatenate(moments, axis=1)  # (N, M, I)
+        agg_in = jnp.einsum("jpc,jci->jpi", u_in, moments)
+        agg_in = agg_in - jnp.einsum("jpk,jpki->jpi", back_powers, b[g.back_edge])
         agg = agg_in.reshape(n * k, -1)[g.in_position]  # back to the compact edge
         h = x_ji + swish(self.up(agg))
         for layer in self.before_skip:
@@ -106,8 +118,9 @@ class OutputBlock(eqx.Module):
     dense: tuple  # out embed -> out embed, swish
     final: Dense  # out embed -> 1, no bias
 
-    def __call__(self, m, rbf, g: Graph, n_atoms: int):
-        t = jnp.where(g.valid[:, None], self.rbf(rbf) * m, 0.0)
+    def __call__(self, m, rbf_h, g: Graph, n_atoms: int):
+        """rbf_h (E,H) = e_RBF @ W_rbf (zero on padding edges)."""
+        t = jnp.where(g.valid[:, None], rbf_h * m, 0.0)
         a = self.up(jax.ops.segment_sum(t, g.centre, n_atoms, indices_are_sorted=True))  # per centre atom
         for layer in self.dense:
             a = swish(layer(a))
@@ -154,11 +167,18 @@ class DimeNetPP(Potential):
         deg_out, deg_in = degrees(nbrs.senders, active, n), degrees(nbrs.receivers, active, n)
         return (jnp.sum(deg_out) > e) | (jnp.max(deg_out) > k) | (jnp.max(deg_in) > k)
 
-    def sized_for(self, conf: Configuration, nbrs: NeighborList, margin: float = 1.15) -> "DimeNetPP":
-        """Host-side: a copy (same parameters) with capacities = margin × what conf needs (+ slack)."""
+    def sized_for(self, conf: Configuration, nbrs: NeighborList, margin: float = 1.15,
+                  edge_margin: Optional[float] = None) -> "DimeNetPP":
+        """Host-side: a copy (same parameters) with capacities = margin × what conf needs (+ slack).
+
+        `margin` applies to K (the largest degree, which fluctuates strongly); the total edge
+        count is a sum over all atoms and fluctuates far less, so E_cap gets `edge_margin`,
+        by default 1 + (margin − 1)/3.  Every padded edge row costs as much as a real one.
+        """
         n_edges, degree = host_counts(conf, nbrs, self.r_cut)
+        edge_margin = 1.0 + (margin - 1.0) / 3.0 if edge_margin is None else edge_margin
         return dataclasses.replace(self, max_neighbors=max(1, int(math.ceil(degree * margin)) + 1),
-                                   edge_capacity=max(16, int(math.ceil(n_edges * margin)) + 16))
+                                   edge_capacity=max(16, int(math.ceil(n_edges * edge_margin)) + 16))
 
     def grow(self, conf: Configuration, nbrs: NeighborList) -> "DimeNetPP":
         """Host-side: a copy (same parameters) with both capacities at least 20 % larger.
@@ -187,30 +207,35 @@ class DimeNetPP(Potential):
         x = r / c
         rbf = jnp.where(g.valid[:, None], basis.bessel_rbf(x, model.rbf_frequencies, p), 0.0)
         sph = basis.spherical_radial(x, self.n_spherical, self.n_radial, p).reshape(-1, self.n_spherical * self.n_radial)
-        # angle α between d_ji (incoming edge p of atom j) and d_kj (outgoing slot q of atom j).
-        # The barrier materialises the unit vectors and the triplet mask: otherwise XLA fuses
-        # the gathers into the N·K²·L triplet loop and recomputes them per element.
+        # radial maps with no nonlinearity in between are folded: e_RBF @ (W_rbf1 @ W_rbf2)
+        rbf_blocks = [rbf @ (blk.rbf1.weight @ blk.rbf2.weight) for blk in model.interactions]
+        sbf_blocks = [(sph @ blk.sbf_weight(self.n_spherical, self.n_radial)).reshape(sph.shape[0], self.n_spherical, -1)
+                      for blk in model.interactions]
+
+        # triplet angles α between d_ji (in slot p of atom j) and d_kj (out slot q of atom j),
+        # factorised into per-edge monomials of the unit vectors (basis.tensor_power_terms)
         unit = g.d / r[:, None]
-        u_in, u_out, tmask = jax.lax.optimization_barrier(
-            (unit[g.in_edge], unit[g.out_edge],
-             (g.valid_in[:, :, None] & g.valid_out[:, None, :] & g.not_back).astype(dtype)))
-        cos = jnp.einsum("jpc,jqc->jpq", u_in, u_out)
-        powers = [tmask, tmask * cos]
-        for _ in range(2, self.n_spherical):
-            powers.append(powers[-1] * cos)
-        cos_powers = jnp.stack(powers[:self.n_spherical], axis=-1).reshape(n, k, k * self.n_spherical)
+        mono = basis.unit_monomials(unit, self.n_spherical)  # (E, M)
+        coef = jnp.asarray([c for terms in basis.tensor_power_terms(self.n_spherical) for _, c in terms], dtype)
+        u_out = jnp.where(g.valid_out[:, :, None], mono[g.out_edge], 0.0)
+        u_in = (mono * coef)[g.in_edge]
+        cos_back = jnp.sum(unit[g.in_edge] * unit[g.back_edge], axis=-1)
+        cb = [g.has_back.astype(dtype)]
+        for _ in range(1, self.n_spherical):
+            cb.append(cb[-1] * cos_back)
+        tri = (u_out, u_in, jnp.stack(cb, axis=-1))
 
         # embedding block: σ(W [h_i, h_j, σ(W_rbf e_RBF)] + b), the concat done as split matmuls
         h = model.species_embedding[conf.species]
         t = h.shape[-1]
         w = model.embed_mix.weight
-        m = swish((h @ w[:t])[g.centre] + (h @ w[t:2 * t])[g.neighbor] + swish(model.embed_rbf(rbf)) @ w[2 * t:]
-                  + model.embed_mix.bias)
+        m = swish((h @ w[:t])[g.centre] + (h @ w[t:2 * t])[g.neighbor]
+                  + swish(model.embed_rbf(rbf)) @ w[2 * t:] + model.embed_mix.bias)
 
-        e = model.outputs[0](m, rbf, g, n)
-        for block, out in zip(model.interactions, model.outputs[1:]):
-            m = block(m, rbf, sph, cos_powers, g)
-            e = e + out(m, rbf, g, n)
+        e = model.outputs[0](m, model.outputs[0].rbf(rbf), g, n)
+        for block, out, rbf_h, sbf_k in zip(model.interactions, model.outputs[1:], rbf_blocks, sbf_blocks):
+            m = block(m, rbf_h, sbf_k, tri, g)
+            e = e + out(m, out.rbf(rbf), g, n)
         if model.energy_scale is not None:
             e = e * model.energy_scale[conf.species] + model.energy_shift[conf.species]
         return jnp.where(conf.mask, e, 0.0)
