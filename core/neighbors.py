@@ -222,14 +222,15 @@ def bucket_capacity(n: int) -> int:
 CELL_LIST_MIN_ATOMS = 512
 
 
-def choose_cells(box, r_max: float, n_atoms: int, max_reach: int = 3) -> tuple[tuple, int] | None:
-    """(cells per axis, reach k) for the cell-list search, or None when it does not apply.
+def choose_cells(box, r_max: float, n_atoms: int, max_reach: int = 3) -> tuple[tuple, int, float] | None:
+    """(cells per axis, reach k, expected candidates per atom) for the cell-list search, or None
+    when it does not apply.
 
     For reach k each axis gets n_c = floor(k · perpendicular width / r_max) cells (a cell is at
     least r_max / k wide, neighbors lie within k cells); it needs n_c >= 2k+1 on every axis (the
     (2k+1)³ stencil cells are then distinct).  The number of cells is capped at about one per atom
     (largest n_c reduced first).  Among k = 1..max_reach the one with the fewest expected candidates
-    per atom, (2k+1)³ · (mean + 3·sqrt(mean) + 1) for a mean cell occupancy `mean`, is chosen.
+    per atom, (2k+1)³ · M (`_cell_capacity`), is chosen.
     """
     widths = _perpendicular_widths(np.asarray(box, dtype=np.float64))
     best = None
@@ -239,11 +240,18 @@ def choose_cells(box, r_max: float, n_atoms: int, max_reach: int = 3) -> tuple[t
             break
         while np.prod(n_c) > max(n_atoms, (2 * k + 1) ** 3) and np.max(n_c) > 2 * k + 1:
             n_c[np.argmax(n_c)] -= 1
-        mean = n_atoms / np.prod(n_c)
-        cost = (2 * k + 1) ** 3 * (mean + 3 * np.sqrt(mean) + 1)
+        cost = (2 * k + 1) ** 3 * _cell_capacity(0, n_atoms / np.prod(n_c), 1.3)
         if best is None or cost < best[0]:
             best = (cost, tuple(int(c) for c in n_c), k)
-    return None if best is None else best[1:]
+    return None if best is None else best[1:] + (best[0],)
+
+
+def _cell_capacity(max_occupancy: int, mean: float, capacity_factor: float) -> int:
+    """Atoms per cell: the allocating configuration's fullest cell × margin, and at least a 5σ
+    Poisson fluctuation above the mean (a crystal's uniform cells would otherwise leave no room for
+    the fluctuations of the liquid it melts into), rounded up to a multiple of 4."""
+    m = max(math.ceil(max_occupancy * max(capacity_factor, 1.3)) + 1, math.ceil(mean + 5 * math.sqrt(mean) + 3))
+    return 4 * math.ceil(m / 4)
 
 
 def _max_cell_occupancy(positions, box, atom_mask, cells) -> int:
@@ -260,8 +268,8 @@ def allocate(positions, box, cutoff: float, skin: float = 0.5, capacity_factor: 
     """Host-side: count pairs, choose a capacity and build the list.
 
     `cell_list`: None (default) uses the O(N) cell-list search (`choose_cells`) when minimum image
-    applies, the box holds >= 3 cells of width >= cutoff + skin per axis and N >= CELL_LIST_MIN_ATOMS;
-    otherwise the
+    applies, the box holds >= 3 cells of width >= cutoff + skin per axis, N >= CELL_LIST_MIN_ATOMS
+    and the cells scan fewer than N candidates per atom; otherwise the
     dense O(N²) search.  True forces it (ValueError if it cannot apply), False forbids it.
     Both give the same pairs; both list pairs sorted by sender (dense: then by receiver).
     """
@@ -274,8 +282,9 @@ def allocate(positions, box, cutoff: float, skin: float = 0.5, capacity_factor: 
     images = jnp.zeros((1, 3), positions.dtype) if mi else jnp.asarray(image_offsets(np.asarray(box), r), dtype=positions.dtype)
     atom_mask = jnp.ones(positions.shape[0], bool) if atom_mask is None else jnp.asarray(atom_mask, bool)
     choice = choose_cells(np.asarray(box), r, positions.shape[0]) if mi and cell_list is not False else None
-    if cell_list is None and positions.shape[0] < CELL_LIST_MIN_ATOMS:
-        choice = None
+    if cell_list is None and (positions.shape[0] < CELL_LIST_MIN_ATOMS or
+                              (choice is not None and choice[2] >= positions.shape[0])):
+        choice = None  # small system, or a cutoff so large that the cells scan more than N candidates
     if cell_list and choice is None:
         raise ValueError("cell_list=True needs minimum image and >= 3 cells of width >= cutoff + skin per axis")
     if choice is None:
@@ -283,9 +292,9 @@ def allocate(positions, box, cutoff: float, skin: float = 0.5, capacity_factor: 
         capacity = bucket_capacity(max(min_capacity, int(math.ceil(count * capacity_factor))))
         i, j, shifts, valid, cnt = _build_jit(positions, box, images, r, capacity, atom_mask, mi)
         return NeighborList(i, j, shifts, valid, positions, box, jnp.asarray(False), cnt, images, cutoff, skin, mi)
-    cells, reach = choice
+    cells, reach, _ = choice
     occ = _max_cell_occupancy(positions, box, atom_mask, cells)
-    m = 4 * math.ceil((math.ceil(occ * max(capacity_factor, 1.3)) + 1) / 4)
+    m = _cell_capacity(occ, float(np.sum(np.asarray(atom_mask))) / math.prod(cells), capacity_factor)
     while True:  # host/device rounding may bin an atom differently: grow M until nothing is lost
         count, cell_ovf = _count_cells_jit(positions, box, r, atom_mask, cells, m, reach)
         if not bool(cell_ovf):

@@ -78,8 +78,13 @@ def test_triclinic_same_as_dense():
     box = np.asarray(atoms.cell.array)
     pos = atoms.get_positions() + rng.normal(0, 0.3, (len(atoms), 3)) + rng.integers(-1, 2, (len(atoms), 3)) @ box
     cl = nb.allocate(pos, box, 5.2, skin=0.3)
-    assert cl.cell_reach == 2  # cells of width >= (cutoff + skin) / 2, 125-cell stencil
+    assert cl.cell_reach == 1
     _assert_same(cl, nb.allocate(pos, box, 5.2, skin=0.3, cell_list=False), pos, box)
+    # large cutoff: cells of width >= (cutoff + skin) / 2 and a 125-cell stencil (forced: the
+    # automatic choice prefers the dense search there)
+    cl = nb.allocate(pos, box, 8.2, skin=0.3, cell_list=True)
+    assert cl.cell_reach == 2
+    _assert_same(cl, nb.allocate(pos, box, 8.2, skin=0.3, cell_list=False), pos, box)
 
 
 def test_cell_overflow_flagged_and_reallocation_fixes_it():
@@ -105,7 +110,7 @@ def test_shrinking_box_flagged():
     rng = np.random.default_rng(6)
     box = np.eye(3) * 3.05 * r  # 3 cells of width 1.017 r per axis
     pos = rng.uniform(0, 1, (600, 3)) @ box
-    cl = nb.allocate(pos, box, r - 0.5, skin=0.5)
+    cl = nb.allocate(pos, box, r - 0.5, skin=0.5, cell_list=True)
     assert cl.cells == (3, 3, 3)
     ok = _update(cl, pos * 1.005, box * 1.005)
     assert not bool(ok.overflow)
