@@ -9,6 +9,12 @@ are handled by listing several images.
 Following jax-md's split: `allocate` runs on the host (numpy, may choose shapes), `update`
 is jit-compatible and keeps shapes; it sets `overflow` when more pairs exist than fit.  The
 caller must check `overflow` and reallocate; fusepot's ensembles and trainers do.
+
+Candidate search: dense (all N² pairs × images) for small systems and small cells; for large
+systems in minimum-image mode a cell list (`choose_cells`, `_cell_candidates`): atoms binned into
+cells of fixed capacity M (static), candidates from the (2k+1)³ surrounding cells, O(N·27·M).
+A cell holding more than M atoms, or a box shrunk below the cell grid, sets `overflow` too.
+Both searches give the same (i, j, shift) pairs, sorted by sender.
 """
 from __future__ import annotations
 
@@ -269,8 +275,7 @@ def allocate(positions, box, cutoff: float, skin: float = 0.5, capacity_factor: 
 
     `cell_list`: None (default) uses the O(N) cell-list search (`choose_cells`) when minimum image
     applies, the box holds >= 3 cells of width >= cutoff + skin per axis, N >= CELL_LIST_MIN_ATOMS
-    and the cells scan fewer than N candidates per atom; otherwise the
-    dense O(N²) search.  True forces it (ValueError if it cannot apply), False forbids it.
+    and the cells scan fewer than N candidates per atom; otherwise the dense O(N²) search.  True forces it (ValueError if it cannot apply), False forbids it.
     Both give the same pairs; both list pairs sorted by sender (dense: then by receiver).
     """
     positions = jnp.asarray(positions)
