@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -93,3 +94,34 @@ def load_json(path):
         return json.loads(Path(path).read_text())
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"cannot read {path}: {exc}") from exc
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh folder to write the next checkpoint into, committed by `commit_dir`."""
+    final = Path(final)
+    tmp = final.with_name(final.name + ".new")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Replace checkpoint folder `final` by `tmp` so that a kill at any moment leaves one complete
+    checkpoint: `final`, or (between the two renames) `final.old`, which `resolve_dir` finds."""
+    final = Path(final)
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def resolve_dir(final: Path) -> Path:
+    """The complete checkpoint folder to resume from (see `commit_dir`)."""
+    final = Path(final)
+    old = final.with_name(final.name + ".old")
+    return final if final.exists() or not old.exists() else old

@@ -76,3 +76,31 @@ def test_multi_stage_protocol_in_the_spec(tmp_path):
     sp = load_spec(spec).state_points[0]
     ens = get_plugin_manager().build("ensemble", sp.ensemble.name, sp.ensemble.params)
     assert ens.names == ("npt_hot", "npt_cool", "production") and ens.repeat == (False, False, True)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
+    """A real SIGKILL of `fusepot run` after its first checkpoint, then --resume: same final parameters."""
+    import signal
+    import time
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.read_text().replace("updates: 2", "updates: 4"))
+    full = tmp_path / "full"
+    assert subprocess.run([sys.executable, "-m", "fusepot.core.cli", "run", str(spec), "--out", str(full), "--quiet"]
+                          ).returncode == 0
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "fusepot.core.cli", "run", str(spec), "--out", str(cut), "--quiet"])
+    meta = cut / "checkpoint" / "meta.json"
+    t0 = time.time()
+    while not (meta.exists() and json.loads(meta.read_text())["update"] >= 1):
+        assert proc.poll() is None and time.time() - t0 < 600
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(meta.read_text())["update"] < 4
+    assert subprocess.run([sys.executable, "-m", "fusepot.core.cli", "run", str(spec), "--out", str(cut), "--quiet",
+                           "--resume"]).returncode == 0
+    a, b = np.load(full / "final_potential.npz"), np.load(cut / "final_potential.npz")
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])

@@ -52,6 +52,15 @@ def _dtype(spec):
     return jnp.float64 if spec.dtype == "float64" else jnp.float32
 
 
+def truncate_metrics(path: Path, key: str, upto: int) -> None:
+    """Keep the JSON lines of `path` whose `key` ≤ `upto` (a resumed run redoes what the last
+    checkpoint did not cover, so lines written after it are dropped, not duplicated)."""
+    if not path.exists():
+        return
+    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get(key, 0) <= upto]
+    path.write_text("".join(l + "\n" for l in keep))
+
+
 class ExpTrainer:
     """Runs the DiffTRe loop described by an ExperimentSpec, writing into `out_dir`."""
 
@@ -251,12 +260,11 @@ class ExpTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         metrics_path = self.out / "metrics.jsonl"
         ck = self.out / "checkpoint"
-        if resume and (ck / "meta.json").exists():
-            self._load(ck)
+        if resume and (ckpt.resolve_dir(ck) / "meta.json").exists():
+            self._load(ckpt.resolve_dir(ck))
         elif resume:
             self.progress.line(f"--resume: no checkpoint in {self.out}; starting fresh")
-        if self.update_index == 0 and metrics_path.exists():
-            metrics_path.unlink()
+        truncate_metrics(metrics_path, "update", self.update_index)
         t_start, done0 = time.perf_counter(), self.update_index
         while self.update_index < self.total_updates:
             record = self.try_update(metrics_path)
@@ -264,7 +272,9 @@ class ExpTrainer:
                 continue
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
-            self._save(ck)
+            tmp = ckpt.staging_dir(ck)
+            self._save(tmp)
+            ckpt.commit_dir(tmp, ck)
             el = time.perf_counter() - t_start
             eta = el / (self.update_index - done0) * (self.total_updates - self.update_index)
             self.progress.line(f"update {self.update_index}/{self.total_updates} done: loss {record['loss']:.4g} "

@@ -27,7 +27,7 @@ from ..optim import make_optimizer
 from ..progress import Progress
 from ..spec import ExperimentSpec, SpecError
 from .dft import DFTTrainConfig, DFTTrainer, EnergyShifted, energy_shift_per_atom, evaluate, train_dft
-from .exp import ExpTrainer, _dtype
+from .exp import ExpTrainer, _dtype, truncate_metrics
 
 
 def load_dft_data(spec: ExperimentSpec, spec_dir: Path, species: list[str], progress: Progress):
@@ -104,13 +104,15 @@ class FusedTrainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _save(self):
-        d = self.out / "checkpoint"
+        final = self.out / "checkpoint"
+        d = ckpt.staging_dir(final)
         self.exp._save(d)
         ckpt.save_tree(d / "dft_optimizer.npz", self.dft_state)
         ckpt.save_json(d / "fused.json", {"epoch": self.epoch, "best": self.best, "key": np.asarray(self.key).tolist()})
+        ckpt.commit_dir(d, final)
 
     def _load(self):
-        d = self.out / "checkpoint"
+        d = ckpt.resolve_dir(self.out / "checkpoint")
         self.exp._load(d)
         self.dft_state = ckpt.load_tree(d / "dft_optimizer.npz", self.dft_state)
         meta = ckpt.load_json(d / "fused.json")
@@ -125,11 +127,11 @@ class FusedTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         metrics = self.out / "metrics.jsonl"
         exp_metrics = self.out / "exp_events.jsonl"
-        if resume and (self.out / "checkpoint" / "fused.json").exists():
+        if resume and (ckpt.resolve_dir(self.out / "checkpoint") / "fused.json").exists():
             self._load()
             self.progress.line(f"resumed fused training after epoch {self.epoch}")
-        elif metrics.exists():
-            metrics.unlink()
+        truncate_metrics(metrics, "epoch", self.epoch)
+        truncate_metrics(exp_metrics, "update", self.exp.update_index)
         t_start, e0 = time.perf_counter(), self.epoch
         while self.epoch < tr.epochs:
             t0 = time.perf_counter()
