@@ -121,8 +121,10 @@ def run(step: Callable, init: Callable, potential: Potential, conf: Configuratio
                 if nbr_ovf:
                     log.warning("%s: neighbor list overflow (%d pairs > capacity %d); reallocating and redoing %d frames",
                                 label, int(new_nbrs.count), nbrs.capacity, k)
+                    # grow on every retry: a later frame may need more room (pairs or atoms per cell)
                     nbrs = nb.allocate(pos, state.box, potential.cutoff, skin,
-                                       capacity_factor * max(1.0, int(new_nbrs.count) / max(nbrs.capacity, 1)) * 1.1)
+                                       capacity_factor * max(1.0, int(new_nbrs.count) / max(nbrs.capacity, 1))
+                                       * 1.25 ** (attempt + 1))
                 if pot_ovf:
                     # grow for the first frame that overflowed (the chunk's start usually still fits)
                     f = int(np.argmax(np.asarray(recs[4])))
