@@ -17,6 +17,11 @@ frames and extrapolated to `--paper-frames` (700):
 The trainer also recomputes U_ref on the new frames right after sampling (one energy per
 frame); it is timed and printed separately (negligible).
 
+Memory: the gradient pass differentiates the Born terms (a third derivative through DimeNet++)
+for `--batch-size` frames at once (vmap); at 256 atoms, float32, batch_size 8 (the trainer's
+default `reweight_batch`) XLA asked for ~41 GB on CPU, so on a small machine use
+`--batch-size 1` (~5 GB).  Measured figures: docs/training_modes.md ("Speed").
+
 The untrained DimeNet++ has random O(eV) per-atom energies and no short-range repulsion: at
 323 K the lattice collapses within a few hundred steps.  As in bench_dimenet_speed.py the
 energy is scaled down, U → 0.01·U (the plugin's `energy_scale`, same compute cost), so the run
