@@ -265,7 +265,7 @@ def _accumulate_grad(potential, observables, templates, frames: Frame, g_u, g_va
 
     def chunks(x, fill_zero):
         if pad:
-            tail = jnp.zeros_like(x[:pad]) if fill_zero else jnp.repeat(x[-1:], pad, axis=0)
+            tail = jnp.zeros((pad,) + x.shape[1:], x.dtype) if fill_zero else jnp.repeat(x[-1:], pad, axis=0)
             x = jnp.concatenate([x, tail])
         return x.reshape((n_chunks, batch_size) + x.shape[1:])
 

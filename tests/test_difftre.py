@@ -70,6 +70,8 @@ def test_gradient_chunking_is_exact(traj):
     pot = eqx.tree_at(lambda p: p.log_sigma, lj_argon(), replace_fn=lambda x: x + 0.003)
     ts = targets()
     a = difftre.reweight(pot, traj, ts, batch_size=7)  # 20 frames: uneven chunks with padding
+    c = difftre.reweight(pot, traj, ts, batch_size=32)  # more padding than frames
+    np.testing.assert_allclose(c.grad.log_sigma, a.grad.log_sigma, rtol=1e-10)
     b = difftre.reweight(pot, traj, ts, batch_size=20)
     np.testing.assert_allclose(a.grad.log_sigma, b.grad.log_sigma, rtol=1e-10)
     assert a.loss == pytest.approx(b.loss, rel=1e-12)
