@@ -111,3 +111,21 @@ def test_block_error_bars_reported(traj):
     _, vals, _ = difftre.evaluate_frames(lj_argon(), traj, {"p": targets()[0].observable})
     plain = block_average(np.asarray(targets()[0].observable.to_user(vals["p"])))
     assert float(r.errors["pressure"]) == pytest.approx(float(plain.error), rel=0.05)
+
+
+def test_prior_potential_is_added_and_not_trained(traj):
+    from pathlib import Path
+
+    import yaml
+
+    from fusepot.core.build import build_potential
+    from fusepot.core.spec import parse_spec
+
+    data = yaml.safe_load((Path(__file__).parent / "data" / "multi_state.yaml").read_text())
+    data["prior"] = {"name": "lennard_jones", "params": {"epsilon": 0.001, "sigma": 3.0}}
+    pot = build_potential(parse_spec(data), ["Ar"], Path("."), jnp.float64)
+    r = difftre.reweight(pot, traj, targets()[:1])
+    assert float(jnp.abs(r.grad.prior.log_sigma).max()) == 0.0
+    assert float(jnp.abs(r.grad.model.log_sigma).max()) > 0.0
+    alone = difftre.reweight(pot.model, traj, targets()[:1], with_grad=False)
+    assert r.estimates["pressure"] != pytest.approx(alone.estimates["pressure"])
