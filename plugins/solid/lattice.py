@@ -114,33 +114,13 @@ def energy_volume_curve(potential, conf: Configuration, scales, skin: float = 0.
 
 
 def fit_birch_murnaghan(volumes, energies) -> dict:
-    """Third-order Birch–Murnaghan fit: E is a cubic polynomial in x = V^(−2/3).
+    """Third-order Birch–Murnaghan fit as a dict: E0 (eV), V0 (Å³), B0 (GPa) and B0' in the
+    curve's units (per cell or per atom).  The fit itself is
+    `fusepot.plugins.evaluation.ev_curve.birch_murnaghan_fit` (needs ≥ 5 points around the minimum)."""
+    from fusepot.plugins.evaluation.ev_curve import birch_murnaghan_fit
 
-    Returns E0 (eV), V0 (Å³), B0 (GPa) and B0' of the curve's units (per cell or per atom).
-    """
-    from fusepot.core.units import pressure_to_gpa
-
-    v = np.asarray(volumes, dtype=np.float64)
-    p = np.polyfit(v ** (-2.0 / 3.0), np.asarray(energies, dtype=np.float64), 3)
-    dp = np.polyder(p)
-    roots = [r.real for r in np.roots(dp) if abs(r.imag) < 1e-12 and r.real > 0]
-    x_mid = np.mean(v ** (-2.0 / 3.0))
-    if not roots:
-        raise ValueError("Birch–Murnaghan fit: E(V) has no minimum; widen the volume range")
-    x0 = min(roots, key=lambda r: abs(r - x_mid))
-    v0 = x0 ** (-1.5)
-
-    def bulk(vv):  # B = V d²E/dV², with E(x(V))
-        x = vv ** (-2.0 / 3.0)
-        dxdv = -2.0 / 3.0 * vv ** (-5.0 / 3.0)
-        d2xdv2 = 10.0 / 9.0 * vv ** (-8.0 / 3.0)
-        return vv * (np.polyval(np.polyder(p, 2), x) * dxdv**2 + np.polyval(dp, x) * d2xdv2)
-
-    b0 = bulk(v0)
-    h = 1e-4 * v0
-    db_dv = (bulk(v0 + h) - bulk(v0 - h)) / (2 * h)
-    return {"E0": float(np.polyval(p, x0)), "V0": float(v0), "B0_GPa": float(pressure_to_gpa(b0)),
-            "B0_prime": float(-v0 * db_dv / b0)}
+    fit = birch_murnaghan_fit(volumes, energies)
+    return {"E0": fit.e0, "V0": fit.v0, "B0_GPa": fit.b0_gpa, "B0_prime": fit.b0_prime}
 
 
 __all__ = ["LatticeConstants", "LatticeConstantsParams", "build_lattice_constants", "cell_lengths_angles",
