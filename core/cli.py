@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (overrides the spec's `output`)")
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_data_parser(sub)
     return p
 
 
@@ -113,6 +114,31 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _add_data_parser(sub) -> None:
+    d = sub.add_parser("data", help="fetch published datasets (`fusepot data fetch SOURCE_YAML --out DIR`)")
+    actions = d.add_subparsers(dest="data_action", required=True, parser_class=_Parser)
+    f = actions.add_parser("fetch", help="download a dataset described by a source YAML, verify its SHA-256 and "
+                                         "convert it into DeePMD npy systems (eV, Å)")
+    f.add_argument("source", metavar="SOURCE_YAML", help="dataset source description (url, sha256, convert recipe)")
+    f.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    f.add_argument("--from-file", metavar="ARCHIVE", help="use this local copy of the archive instead of downloading")
+    f.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of the archive (overrides the source's value)")
+    f.add_argument("--no-verify", action="store_true",
+                   help="accept an archive whose SHA-256 is unknown (warns; the actual hash is recorded)")
+    f.add_argument("--keep-archive", action="store_true", help="also keep the verified archive in OUT/archive/")
+    f.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _cmd_data(args) -> int:
+    from .fetch import fetch, load_source
+
+    if args.data_action == "fetch":
+        fetch(load_source(args.source), args.out, from_file=args.from_file, sha256=args.sha256,
+              no_verify=args.no_verify, keep_archive=args.keep_archive, quiet=args.quiet)
+        return 0
+    raise UsageError(f"unknown data action {args.data_action!r}")
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -123,6 +149,7 @@ def main(argv=None) -> int:
     from .spec import SpecError
 
     handlers = {"plugins": _cmd_plugins, "validate": _cmd_validate, "schema": _cmd_schema, "run": _cmd_run}
+    handlers["data"] = _cmd_data
     try:
         return handlers[args.command](args)
     except (UsageError, SpecError, PluginError, DatasetError, CheckpointError) as exc:
