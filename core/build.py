@@ -139,3 +139,80 @@ def build_targets(sp: StatePointSpec, i: int, species, spec_dir: Path, dtype, pm
 
 def state_point(sp: StatePointSpec) -> StatePoint:
     return StatePoint(sp.temperature, units.gpa_to_internal(sp.pressure))
+
+
+@dataclass
+class TrainedRun:
+    """A finished (or checkpointed) `fusepot run`: its spec and trained potential."""
+
+    run_dir: Path
+    spec: ExperimentSpec
+    spec_dir: Path  # folder relative paths in the spec refer to
+    potential: Potential
+    species: list[str]
+    dtype: object
+
+
+def load_run(run_dir, checkpoint: str = "final_potential.npz", spec_dir=None, dtype=None) -> TrainedRun:
+    """Rebuild the potential of a run folder from `spec.resolved.yaml` (same plugin, hyperparameters
+    and species) and load its trained leaves from `run_dir/<checkpoint>`.
+
+    spec_dir: folder of the original spec (relative paths); default: `run_info.json`'s `spec_dir`
+    (written by `fusepot run`), else `run_dir`.  dtype: default the spec's.
+    Raises CheckpointError naming the file for a missing/unreadable/mismatched run.
+    """
+    import yaml
+
+    from .checkpoint import CheckpointError, load_json, load_tree
+    from .spec import parse_spec
+
+    run_dir = Path(run_dir)
+    spec_path = run_dir / "spec.resolved.yaml"
+    ckpt_path = run_dir / checkpoint
+    if not spec_path.is_file():
+        raise CheckpointError(f"{spec_path} not found: {run_dir} is not a fusepot run directory")
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"{ckpt_path} not found (a run writes final_potential.npz when it finishes; "
+                              f"an unfinished run has checkpoint/potential.npz)")
+    try:
+        data = yaml.safe_load(spec_path.read_text())
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"{spec_path}: not valid YAML: {exc}") from None
+    try:
+        spec = parse_spec(data, source=str(spec_path))
+    except SpecError as exc:
+        raise CheckpointError(str(exc)) from None
+    if spec_dir is None:
+        info = run_dir / "run_info.json"
+        recorded = load_json(info).get("spec_dir") if info.is_file() else None
+        spec_dir = Path(recorded) if recorded and Path(recorded).is_dir() else run_dir
+    spec_dir = Path(spec_dir)
+    dt = jnp.dtype(spec.dtype if dtype is None else dtype)
+    if dt == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(f"{run_dir}: the run computes in float64, which needs 64-bit jax; call "
+                         f"jax.config.update('jax_enable_x64', True) first, or pass dtype='float32'")
+    species = spec.system.species or build_system(spec, spec_dir, dt).species
+    template = build_potential(spec, species, spec_dir, dt)
+    potential = load_tree(ckpt_path, template)
+    _check_same_structure(ckpt_path, template, potential)
+    return TrainedRun(run_dir, spec, spec_dir, potential, list(species), dt)
+
+
+def _check_same_structure(path: Path, template, loaded) -> None:
+    """load_tree takes array shapes from the file; a potential's parameters must match exactly."""
+    from .checkpoint import CheckpointError
+
+    stored = set(np.load(path, allow_pickle=False).files)
+    expected = set()
+    for (p, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(template)[0],
+                              jax.tree_util.tree_flatten_with_path(loaded)[0]):
+        if isinstance(a, (jax.Array, np.ndarray, np.generic, int, float, bool)):  # what save_tree stores
+            key = jax.tree_util.keystr(p)
+            expected.add(key)
+            if np.shape(a) != np.shape(b):
+                raise CheckpointError(f"checkpoint {path}: {key} has shape {np.shape(b)}, but the potential in the spec "
+                                      f"expects {np.shape(a)}; the file was written by a different spec/model")
+    extra = sorted(stored - expected)
+    if extra:
+        raise CheckpointError(f"checkpoint {path} has entries the spec's potential does not ({', '.join(extra[:5])}); "
+                              f"it was written by a different spec/model")

@@ -17,7 +17,6 @@ One jitted function serves all calls; it compiles once per (atom count, neighbor
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Optional, Sequence
 
 import equinox as eqx
@@ -123,34 +122,16 @@ class FusepotCalculator(Calculator):
         Rebuilds the potential from `run_dir/spec.resolved.yaml` (same plugin, hyperparameters
         and species) and loads its trained leaves from `run_dir/<checkpoint>`.  `spec_dir` is the
         folder relative paths in the spec (system.file, EAM tables) refer to: the folder of the
-        original spec file (default: `run_dir`).  `dtype` defaults to the spec's dtype.
+        original spec file (default: the one `fusepot run` recorded in run_info.json, else
+        `run_dir`).  `dtype` defaults to the spec's dtype.
         """
-        import yaml
+        from .build import load_run
 
-        from .build import build_potential, build_system
-        from .checkpoint import CheckpointError, load_tree
-        from .spec import parse_spec
-
-        run_dir = Path(run_dir)
-        spec_path = run_dir / "spec.resolved.yaml"
-        ckpt_path = run_dir / checkpoint
-        if not spec_path.is_file():
-            raise CheckpointError(f"{spec_path} not found: {run_dir} is not a fusepot run directory")
-        if not ckpt_path.is_file():
-            raise CheckpointError(f"{ckpt_path} not found (a run writes final_potential.npz when it finishes; "
-                                  f"an unfinished run has checkpoint/potential.npz)")
-        try:
-            data = yaml.safe_load(spec_path.read_text())
-        except yaml.YAMLError as exc:
-            raise CheckpointError(f"{spec_path}: not valid YAML: {exc}") from None
-        spec = parse_spec(data, source=str(spec_path))
-        dt = _resolve_dtype(spec.dtype if dtype is None else dtype)
-        sdir = Path(spec_dir) if spec_dir is not None else run_dir
-        species = spec.system.species or build_system(spec, sdir, dt).species
-        template = build_potential(spec, species, sdir, dt)
-        potential = load_tree(ckpt_path, template)
-        _check_same_structure(ckpt_path, template, potential)
-        return cls(potential, species, skin=skin, dtype=dt)
+        if dtype is not None:
+            dtype = _resolve_dtype(dtype)
+        run = load_run(run_dir, checkpoint=checkpoint, spec_dir=spec_dir, dtype=dtype)
+        dt = _resolve_dtype(run.dtype)
+        return cls(run.potential, run.species, skin=skin, dtype=dt)
 
     # -- ASE contract -----------------------------------------------------------------------
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -206,23 +187,3 @@ class FusepotCalculator(Calculator):
     def _allocate(self, positions, box) -> None:
         self.nbrs = nb.allocate(positions, box, self.potential.cutoff, self.skin, self.capacity_factor)
         self.n_allocations += 1
-
-
-def _check_same_structure(path: Path, template, loaded) -> None:
-    """load_tree takes array shapes from the file; a potential's parameters must match exactly."""
-    from .checkpoint import CheckpointError
-
-    stored = set(np.load(path, allow_pickle=False).files)
-    expected = set()
-    for (p, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(template)[0],
-                              jax.tree_util.tree_flatten_with_path(loaded)[0]):
-        if isinstance(a, (jax.Array, np.ndarray, np.generic, int, float, bool)):  # what save_tree stores
-            key = jax.tree_util.keystr(p)
-            expected.add(key)
-            if np.shape(a) != np.shape(b):
-                raise CheckpointError(f"checkpoint {path}: {key} has shape {np.shape(b)}, but the potential in the spec "
-                                      f"expects {np.shape(a)}; the file was written by a different spec/model")
-    extra = sorted(stored - expected)
-    if extra:
-        raise CheckpointError(f"checkpoint {path} has entries the spec's potential does not ({', '.join(extra[:5])}); "
-                              f"it was written by a different spec/model")

@@ -40,6 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (overrides the spec's `output`)")
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output folder")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    e = sub.add_parser("evaluate", help="evaluate trained run(s) and write a report folder (Markdown, JSON/CSV, PNG)")
+    e.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s) written by `fusepot run`; several are "
+                                                              "compared side by side")
+    e.add_argument("--config", help="evaluation config (YAML with `tasks`); default: the first run's spec "
+                                    "`evaluation` section")
+    e.add_argument("--out", help="report folder (default: RUN_DIR/report for one run; required for several)")
+    e.add_argument("--label", action="append", help="label of each run in tables and plots (repeat, in order)")
+    e.add_argument("--only", action="append", help="run only the task with this id (repeatable)")
+    e.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_data_parser(sub)
     return p
 
@@ -102,6 +111,10 @@ def _cmd_run(args) -> int:
                              f"({out / 'spec.resolved.yaml'}); resume with the same spec")
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.resolved.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    from .checkpoint import save_json
+
+    save_json(out / "run_info.json", {"spec_path": str(spec_path.resolve()), "spec_dir": str(spec_path.parent.resolve()),
+                                      "fusepot_version": __version__})
     progress = Progress(spec.progress_every_s, enabled=not args.quiet)
     from .trainers import run_spec
 
@@ -111,7 +124,59 @@ def _cmd_run(args) -> int:
         raise UsageError(str(exc)) from exc
     (out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
     progress.line(f"done; results in {out}")
+    if spec.evaluation is not None:
+        from .evaluation import evaluate, load_models
+
+        report = out / "report"
+        if args.resume and report.exists():
+            raise UsageError(f"{report} exists from an earlier finished run; remove it or run `fusepot evaluate {out} "
+                             f"--out OTHER` (training is complete, nothing was overwritten)")
+        result = evaluate(load_models([out]), spec.evaluation, spec_path.parent, report, progress)
+        return _report_status(result, report, progress)
     return 0
+
+
+def _report_status(result: dict, report: Path, progress) -> int:
+    failed = [t["id"] for t in result["tasks"] if t["status"] != "ok"]
+    if failed:
+        print(f"fusepot: evaluation task(s) {failed} failed; see {report}/<id>/error.txt; the other sections are in "
+              f"{report}/report.md", file=sys.stderr)
+        return 1
+    progress.line(f"report: {report / 'report.md'}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import yaml
+
+    from .evaluation import evaluate, load_models
+    from .progress import Progress
+    from .spec import SpecError, parse_evaluation
+
+    models = load_models(args.runs, args.label)
+    if args.config:
+        cfg = Path(args.config)
+        if not cfg.is_file():
+            raise UsageError(f"--config: {cfg} not found")
+        try:
+            data = yaml.safe_load(cfg.read_text())
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{cfg}: not valid YAML: {exc}") from None
+        config, config_dir = parse_evaluation(data, source=str(cfg)), cfg.parent
+    else:
+        run = models[0].run
+        if run.spec.evaluation is None:
+            raise UsageError(f"{args.runs[0]}: its spec has no `evaluation` section; give --config FILE")
+        config, config_dir = run.spec.evaluation, run.spec_dir
+    if args.out:
+        out = Path(args.out)
+    elif len(args.runs) == 1:
+        out = Path(args.runs[0]) / "report"
+    else:
+        raise UsageError("several run folders: give the report folder with --out")
+    progress = Progress(5.0, enabled=not args.quiet)
+    result = evaluate(models, config, config_dir, out, progress, only=args.only)
+    return _report_status(result, out, progress)
 
 
 def _add_data_parser(sub) -> None:
@@ -148,7 +213,8 @@ def main(argv=None) -> int:
     from .plugins import PluginError
     from .spec import SpecError
 
-    handlers = {"plugins": _cmd_plugins, "validate": _cmd_validate, "schema": _cmd_schema, "run": _cmd_run}
+    handlers = {"plugins": _cmd_plugins, "validate": _cmd_validate, "schema": _cmd_schema, "run": _cmd_run,
+                "evaluate": _cmd_evaluate}
     handlers["data"] = _cmd_data
     try:
         return handlers[args.command](args)

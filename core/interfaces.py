@@ -1,4 +1,4 @@
-"""The three interfaces every plugin implements: Potential, Ensemble, Observable.
+"""The interfaces plugins implement: Potential, Ensemble, Observable (and EvaluationTask).
 
 They are equinox modules (frozen dataclasses that are pytrees): trainable numbers are array
 leaves, settings are static fields.  core/ derives forces, virial and Born terms from
@@ -165,3 +165,22 @@ class Observable(eqx.Module):
     def from_trajectory(self, traj: Trajectory):
         """Evaluation-only observables compute their estimate from the whole trajectory."""
         raise NotImplementedError(f"{type(self).__name__} is reweightable: use per_frame/reduce")
+
+
+class EvaluationTask(abc.ABC):
+    """One section of an evaluation report (`fusepot evaluate`): e.g. elastic constants vs
+    temperature, phonons, liquid structure.
+
+    Unlike the three interfaces above it is host-side code (a plain class, not a pytree): it runs
+    MD, phonopy, fits and plots.  `run` receives every model being compared at once so it can put
+    them side by side in one table and one plot.  See core/evaluation.py for `EvalModel`,
+    `TaskContext` and `TaskReport`.
+    """
+
+    #: section heading in the report
+    title: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def run(self, models: list, ctx) -> Any:
+        """Evaluate `models` (list of core.evaluation.EvalModel); write data files and plots into
+        `ctx.out_dir`; return a core.evaluation.TaskReport."""

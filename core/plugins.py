@@ -19,15 +19,16 @@ from typing import Any, Callable, Literal
 import pluggy
 import pydantic
 
-from .interfaces import Ensemble, Observable, Potential
+from .interfaces import Ensemble, EvaluationTask, Observable, Potential
 
 PROJECT = "fusepot"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-Kind = Literal["potential", "ensemble", "observable"]
-_INTERFACE = {"potential": Potential, "ensemble": Ensemble, "observable": Observable}
-_HOOK = {"potential": "fusepot_potentials", "ensemble": "fusepot_ensembles", "observable": "fusepot_observables"}
+Kind = Literal["potential", "ensemble", "observable", "evaluation"]
+_INTERFACE = {"potential": Potential, "ensemble": Ensemble, "observable": Observable, "evaluation": EvaluationTask}
+_HOOK = {"potential": "fusepot_potentials", "ensemble": "fusepot_ensembles", "observable": "fusepot_observables",
+         "evaluation": "fusepot_evaluations"}
 
 
 class PluginError(Exception):
@@ -75,6 +76,10 @@ class HookSpecs:
     @hookspec
     def fusepot_observables(self) -> list[Component]:
         """Observables this plugin provides."""
+
+    @hookspec
+    def fusepot_evaluations(self) -> list[Component]:
+        """Evaluation-report tasks (`fusepot evaluate`) this plugin provides."""
 
 
 def _package_of(plugin) -> str:

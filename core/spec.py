@@ -191,6 +191,34 @@ class DFTSpec(_Strict):
     train: dict[str, Any] = Field(default_factory=dict, description="DFT trainer settings (see docs/dft_training.md)")
 
 
+class EvaluationTaskSpec(_Strict):
+    name: str = Field(..., description="evaluation plugin name (see `fusepot plugins`)")
+    id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                              description="section id and report sub-folder (default: the plugin name); "
+                                          "needed when one plugin appears twice")
+    params: dict[str, Any] = Field(default_factory=dict, description="parameters validated by the plugin's own model")
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
+
+
+class EvaluationSpec(_Strict):
+    """What `fusepot evaluate` computes: a list of report sections (evaluation plugins)."""
+    title: str = "fusepot evaluation report"
+    seed: int = 0
+    n_blocks: int = Field(10, ge=2, description="blocks for block-average error bars")
+    tasks: list[EvaluationTaskSpec] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self):
+        keys = [t.key for t in self.tasks]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"task ids must be unique; repeated: {dup} (give the repeats an `id`)")
+        return self
+
+
 class ExperimentSpec(_Strict):
     name: str = "run"
     seed: int = 0
@@ -204,6 +232,8 @@ class ExperimentSpec(_Strict):
     trainer: TrainerSpec
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     progress_every_s: float = Field(5.0, gt=0, description="seconds between progress lines")
+    evaluation: Optional[EvaluationSpec] = Field(None, description="report written to <output>/report after "
+                                                                   "training (see `fusepot evaluate`)")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -263,6 +293,8 @@ def _validate_plugin_params(spec: ExperimentSpec, pm: PluginManager) -> None:
                 errors.append(f"  dft.data.{k}: {exc}")
     if spec.prior is not None:
         check("potential", spec.prior, "prior")
+    if spec.evaluation is not None:
+        errors.extend(evaluation_param_errors(spec.evaluation, pm, "evaluation"))
     for i, sp in enumerate(spec.state_points):
         check("ensemble", sp.ensemble, f"state_points.{i}.ensemble")
         for j, t in enumerate(sp.targets):
@@ -282,6 +314,37 @@ def _validate_plugin_params(spec: ExperimentSpec, pm: PluginManager) -> None:
                 errors.append(f"  state_points.{i}.targets.{j}.unit: {exc}")
     if errors:
         raise SpecError("invalid spec:\n" + "\n".join(errors))
+
+
+def evaluation_param_errors(ev: EvaluationSpec, pm: PluginManager, prefix: str = "") -> list[str]:
+    errors = []
+    for i, t in enumerate(ev.tasks):
+        path = f"{prefix + '.' if prefix else ''}tasks.{i}"
+        try:
+            comp = pm.get("evaluation", t.name)
+        except KeyError as exc:
+            errors.append(f"  {path}.name: {exc.args[0]}")
+            continue
+        try:
+            comp.params.model_validate(t.params)
+        except ValidationError as exc:
+            errors.append(_format_validation(exc, f"{path}.params"))
+    return errors
+
+
+def parse_evaluation(data, pm: PluginManager | None = None, source: str = "<evaluation>") -> EvaluationSpec:
+    """Validate an evaluation config (a mapping with `tasks`, or a training spec's `evaluation`)."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the evaluation config must be a YAML mapping at the top level")
+    pm = pm or get_plugin_manager()
+    try:
+        ev = EvaluationSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"invalid evaluation config {source}:\n" + _format_validation(exc)) from None
+    errors = evaluation_param_errors(ev, pm)
+    if errors:
+        raise SpecError(f"invalid evaluation config {source}:\n" + "\n".join(errors))
+    return ev
 
 
 def _raw_plugin_errors(data: dict, pm: PluginManager) -> list[str]:

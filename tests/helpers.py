@@ -26,3 +26,39 @@ def short_trajectory(potential, temperature=60.0, production_ps=2.0, seed=0, rep
         "friction_per_ps": 2.0})
     traj, carry = ens.sample(potential, conf, masses, StatePoint(temperature), jax.random.PRNGKey(seed))
     return traj
+
+
+# a tiny LJ argon EXP spec and a fake finished run of it (for calculator/evaluation tests)
+SMALL_RUN_SPEC = """
+name: tiny
+seed: 3
+dtype: float64
+system: {crystal: {element: Ar, structure: fcc, a: 5.26, cubic: true}}
+potential: {name: lennard_jones, params: {epsilon: 0.0095, sigma: 3.35}}
+state_points:
+  - name: cold
+    temperature: 40
+    ensemble: {name: nvt_langevin, params: {timestep_fs: 5, production_ps: 1.0, equilibration_ps: 0.2, sample_every_ps: 0.1}}
+    targets:
+      - observable: {name: pressure}
+        value: 0.1
+        unit: GPa
+        uncertainty: 0.01
+trainer: {kind: exp, updates: 3, reuse_threshold: 0.95}
+optimizer: {name: adam, learning_rate: 0.01}
+"""
+
+
+def make_run(run, spec_text=SMALL_RUN_SPEC, trained=None):
+    """A run folder as `fusepot run` leaves it: spec.resolved.yaml + final_potential.npz."""
+    import textwrap
+
+    import yaml
+
+    from fusepot.core.checkpoint import save_tree
+
+    run.mkdir(parents=True)
+    (run / "spec.resolved.yaml").write_text(yaml.safe_dump(yaml.safe_load(textwrap.dedent(spec_text))))
+    # "trained" parameters differ from the spec's initial ones, so loading is visible
+    save_tree(run / "final_potential.npz", trained or lj_argon(epsilon=0.0110, sigma=3.30))
+    return run

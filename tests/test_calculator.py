@@ -1,12 +1,10 @@
 """FusepotCalculator: the ASE contract against core.mechanics, finite differences, ASE's own EAM
 calculator, an ASE optimiser, neighbor-list reuse/overflow, and loading a run directory."""
-import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 from ase.build import bulk
 from ase.calculators.eam import EAM as AseEAM
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
@@ -15,10 +13,10 @@ from ase.optimize import BFGS
 from fusepot.core import mechanics
 from fusepot.core import neighbors as nb
 from fusepot.core.calculator import FusepotCalculator
-from fusepot.core.checkpoint import CheckpointError, save_tree
+from fusepot.core.checkpoint import CheckpointError
 from fusepot.core.plugins import BuildContext, get_plugin_manager
 from fusepot.core.system import from_ase
-from helpers import lj_argon
+from helpers import SMALL_RUN_SPEC, lj_argon, make_run
 
 
 def strained_argon(reps=2, a=5.2, seed=1):
@@ -181,34 +179,6 @@ def test_dimenet_pp_with_per_atom_energies():
 
 
 # -- from_run ---------------------------------------------------------------------------------
-SMALL = """
-name: tiny
-seed: 3
-dtype: float64
-system: {crystal: {element: Ar, structure: fcc, a: 5.26, cubic: true}}
-potential: {name: lennard_jones, params: {epsilon: 0.0095, sigma: 3.35}}
-state_points:
-  - name: cold
-    temperature: 40
-    ensemble: {name: nvt_langevin, params: {timestep_fs: 5, production_ps: 1.0, equilibration_ps: 0.2, sample_every_ps: 0.1}}
-    targets:
-      - observable: {name: pressure}
-        value: 0.1
-        unit: GPa
-        uncertainty: 0.01
-trainer: {kind: exp, updates: 3, reuse_threshold: 0.95}
-optimizer: {name: adam, learning_rate: 0.01}
-"""
-
-
-def make_run(run, spec_text=SMALL, trained=None):
-    run.mkdir(parents=True)
-    (run / "spec.resolved.yaml").write_text(yaml.safe_dump(yaml.safe_load(textwrap.dedent(spec_text))))
-    # "trained" parameters differ from the spec's initial ones, so loading is visible
-    save_tree(run / "final_potential.npz", trained or lj_argon(epsilon=0.0110, sigma=3.30))
-    return run
-
-
 def test_from_run_loads_trained_parameters(tmp_path):
     run = make_run(tmp_path / "run")
     calc = FusepotCalculator.from_run(run)
@@ -231,7 +201,7 @@ def test_from_run_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"final_potential.npz not found"):
         FusepotCalculator.from_run(run)
     # a two-species spec: the stored 1×1 LJ matrices do not fit the 2×2 the spec builds
-    two = SMALL.replace("cubic: true}}", "cubic: true}, species: [Ar, Kr]}")
+    two = SMALL_RUN_SPEC.replace("cubic: true}}", "cubic: true}, species: [Ar, Kr]}")
     run2 = make_run(tmp_path / "two_species", two)
     with pytest.raises(CheckpointError, match=r"final_potential.npz: .*log_epsilon has shape \(1, 1\).*\(2, 2\)"):
         FusepotCalculator.from_run(run2)
