@@ -105,6 +105,63 @@ class TaskReport:
     files: list[str] = field(default_factory=list)  # relative to the task's folder
 
 
+@dataclass(frozen=True)
+class Table:
+    """Columns by name (numeric columns as float arrays, others as str arrays) and header metadata."""
+
+    columns: dict[str, np.ndarray]
+    meta: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.columns[name]
+        except KeyError:
+            raise KeyError(f"{self.source or 'table'}: no column {name!r}; columns are {list(self.columns)}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.columns
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def rows(self, keep) -> "Table":
+        return Table({k: v[keep] for k, v in self.columns.items()}, self.meta, self.source)
+
+
+def read_table(path) -> Table:
+    """Read a commented CSV: `# key: value` lines (title, citation, doi, units, notes), then a
+    header row and data rows.  Units belong in the column names (T_K, C11_GPa, a_A).
+    Raises ValueError naming the file and line for ragged rows."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"table {path} not found")
+    meta, lines = {}, []
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            key, _, value = line[1:].partition(":")
+            meta[key.strip()] = value.strip()
+        elif line.strip():
+            lines.append(line)
+    if not lines:
+        raise ValueError(f"{path}: no header row")
+    rows = list(csv.reader(lines))
+    names, body = rows[0], rows[1:]
+    for i, r in enumerate(body):
+        if len(r) != len(names):
+            raise ValueError(f"{path}: data row {i + 1} has {len(r)} fields, the header has {len(names)}")
+    cols = {}
+    for j, name in enumerate(names):
+        raw = [r[j] for r in body]
+        try:
+            cols[name] = np.array([float(x) for x in raw])
+        except ValueError:
+            cols[name] = np.array(raw, dtype=str)
+    return Table(cols, meta, str(path))
+
+
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
     """Rows of dicts → CSV (columns in first-seen order), written atomically."""
     cols: list[str] = []

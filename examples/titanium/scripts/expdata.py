@@ -1,4 +1,4 @@
-"""Experimental reference data of the titanium example (numpy + yaml only).
+"""Experimental reference data of the titanium example (numpy, yaml and fusepot's table reader).
 
 Every table lives in `examples/titanium/data/experimental/`: CSV files open with `# key: value`
 lines (title, citation, doi, units, notes), then a header row; YAML files carry the same keys.
@@ -11,53 +11,16 @@ Units are in the column names (T_K, C11_GPa, a_A, nu_THz, ...).
 """
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from fusepot.core.evaluation import Table, read_table  # noqa: F401 (re-exported for users)
+
 DATA = Path(__file__).resolve().parents[1] / "data" / "experimental"
 ELASTIC_KEYS = ("C11", "C12", "C13", "C33", "C44")
-
-
-@dataclass(frozen=True)
-class Table:
-    """Columns by name (numeric columns as float arrays, others as str arrays) and the header."""
-
-    columns: dict[str, np.ndarray]
-    meta: dict[str, str] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.columns[name]
-
-    def __len__(self) -> int:
-        return len(next(iter(self.columns.values())))
-
-    def rows(self, keep: np.ndarray) -> "Table":
-        return Table({k: v[keep] for k, v in self.columns.items()}, self.meta)
-
-
-def read_table(path) -> Table:
-    """Read one of the example's CSV tables: `# key: value` header lines, then plain CSV."""
-    meta, lines = {}, []
-    for line in Path(path).read_text().splitlines():
-        if line.startswith("#"):
-            key, _, value = line[1:].partition(":")
-            meta[key.strip()] = value.strip()
-        elif line.strip():
-            lines.append(line)
-    rows = list(csv.reader(lines))
-    names, body = rows[0], rows[1:]
-    cols = {}
-    for j, name in enumerate(names):
-        raw = [r[j] for r in body]
-        try:
-            cols[name] = np.array([float(x) for x in raw])
-        except ValueError:
-            cols[name] = np.array(raw, dtype=str)
-    return Table(cols, meta)
 
 
 def elastic_constants() -> Table:
