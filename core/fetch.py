@@ -384,10 +384,6 @@ class _DataFolder:
     def where(self, fname: str) -> str:
         return f"{self.label}!{self.prefix + '/' if self.prefix else ''}{fname}"
 
-    def has(self, fname: str) -> bool:
-        name = f"{self.prefix}/{fname}" if self.prefix else fname
-        return name in self.zf.namelist()
-
     def load_npy(self, fname: str, what: str) -> np.ndarray:
         name = f"{self.prefix}/{fname}" if self.prefix else fname
         where = self.where(fname)
