@@ -310,6 +310,7 @@ class DFTErrors(EvaluationTask):
                 pot = m.potential
                 ctx.progress((i + 0.2) / n, f"dft_errors: {m.label}: predicting {len(union)} configurations")
                 padded = pad_dataset(union, pot.cutoff, dtype=m.dtype, buckets=self._buckets(m))
+                pot = fit_buffers(pot, padded, p.batch_size, ctx.progress.line)
                 pot, allpred = predict(pot, padded, p.batch_size, progress=ctx.progress.line)
                 pred, fitpred = _rows(allpred, slice(0, len(ds))), _rows(allpred, fit_rows)
                 bad = _nonfinite(allpred)
@@ -426,6 +427,16 @@ def _describe_data(r) -> str:
             f"configurations in the {r['split']} split")
 
 
+def fit_buffers(potential, padded, batch_size: int, progress=None):
+    """The potential with its internal buffers (e.g. DimeNet++ edge/triplet capacities) grown until
+    every batch fits: `DFTTrainer.prepare`, a cheap jitted overflow check per batch, so that the
+    expensive prediction compiles once instead of once before and once after growing."""
+    from fusepot.core.trainers.dft import DFTTrainConfig, DFTTrainer
+
+    trainer = DFTTrainer(padded, None, DFTTrainConfig(batch_size=batch_size), potential.cutoff)
+    return trainer.prepare(potential, progress)
+
+
 def _rows(pred, rows: slice):
     """The predictions of a contiguous range of samples."""
     idx = range(len(pred.n_atoms))[rows]
@@ -524,7 +535,7 @@ def static_energies(model, structures: Sequence, batch_size: int = 32) -> np.nda
                               virial=np.zeros((3, 3))))
     ds = Dataset(tuple(samples), tuple(model.species))
     pd = pad_dataset(ds, model.potential.cutoff, dtype=model.dtype)
-    _, pred = predict(model.potential, pd, batch_size)
+    _, pred = predict(fit_buffers(model.potential, pd, batch_size), pd, batch_size)
     e = pred.energy_pred / pred.n_atoms
     if not np.all(np.isfinite(e)):
         raise FloatingPointError(f"non-finite energies for {int(np.sum(~np.isfinite(e)))} of {len(e)} cells")
@@ -875,6 +886,25 @@ class PhononsParams(_Strict):
         return v
 
 
+def presized_calculator(model, atoms, skin: float = 0.5):
+    """The model's ASE calculator with the potential's internal buffers already grown for `atoms`
+    (host-side, eager overflow check), so the calculator's first call compiles once instead of
+    compiling, overflowing, growing and compiling again.  Later overflows are still handled by
+    the calculator (grow and recompute)."""
+    from fusepot.core import neighbors as nb
+    from fusepot.core.calculator import FusepotCalculator
+    from fusepot.core.system import from_ase
+
+    pot = model.potential
+    conf, _ = from_ase(atoms, {s: i for i, s in enumerate(model.species)}, dtype=model.dtype)
+    nbrs = nb.allocate(conf.positions, conf.box, pot.cutoff, skin)
+    for _ in range(8):
+        if not bool(pot.overflow(conf, nbrs)):
+            break
+        pot = pot.grow(conf, nbrs)
+    return FusepotCalculator(pot, model.species, skin=skin, dtype=model.dtype)
+
+
 def _relax_cell(atoms, calc, fmax: float, steps: int):
     """Relax lattice vectors and positions with the crystal symmetry fixed (ASE)."""
     from ase.constraints import FixSymmetry
@@ -998,14 +1028,18 @@ class Phonons(EvaluationTask):
         for i, m in enumerate(models):
             try:
                 _check_element(m, p.structure.element)
-                calc = m.calculator()
                 atoms, rinfo = base, {}
                 if p.relax:
                     ctx.progress(i / n, f"phonons: {m.label}: relaxing the cell")
-                    atoms, rinfo = _relax_cell(base, calc, p.relax_fmax_eV_per_A, p.relax_max_steps)
+                    atoms, rinfo = _relax_cell(base, presized_calculator(m, base), p.relax_fmax_eV_per_A,
+                                               p.relax_max_steps)
                     if not rinfo["converged"]:
                         log.warning("phonons: %s: cell relaxation not converged in %d steps", m.label, rinfo["steps"])
                 ctx.progress((i + 0.3) / n, f"phonons: {m.label}: force constants")
+                from ase.build import make_supercell
+
+                sc = np.asarray(p.supercell)
+                calc = presized_calculator(m, make_supercell(atoms, np.diag(sc) if sc.ndim == 1 else sc))
                 r = phonons(atoms, calc, supercell_matrix=p.supercell, displacement=p.displacement_A, path=p.path,
                             npoints=p.npoints, special_points=p.special_points, mesh=p.mesh, sigma=p.sigma_THz)
                 for what, arr in (("dispersion", r.dispersion.frequencies), ("DOS", r.dos.density)):
@@ -1109,7 +1143,8 @@ class Phonons(EvaluationTask):
                   f"DOS exceeds {100 * p.dos_edge_fraction:g} % of its peak.")
         if exp_dos is not None:
             md.append(f"DOS comparison with {p.experimental_dos.label} ({exp_dos[2]}): both normalised to unit area "
-                      "(the measured one over its own frequency range); RMS difference on the common range, overlap "
+                      "(the measured one over its own frequency range); RMS difference over the measured frequency range "
+                      "(the model DOS is zero outside its own range), overlap "
                       "∫min(g_model, g_exp) dν (1 = identical).")
         if ref_segs is not None:
             md.append(f"Reference dispersion: {p.reference_dispersion.label} ({ref_source}); RMS over its points of "
