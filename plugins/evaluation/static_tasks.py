@@ -576,7 +576,7 @@ class EVCurvesParams(_Strict):
                                                              "(default: the CSV's `label` header, else 'reference')")
     zero: Optional[str] = Field(None, description="structure whose lowest energy is the zero of each source's "
                                                   "curves (default: the first structure)")
-    scalings: list[float] = Field(list(np.round(np.linspace(0.90, 1.10, 11), 4)),
+    scalings: list[float] = Field([round(0.90 + 0.02 * k, 2) for k in range(11)],
                                   description="default volume scalings V/V_structure (structures without reference "
                                               "or own volumes)")
 
