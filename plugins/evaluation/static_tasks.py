@@ -410,7 +410,10 @@ class DFTErrors(EvaluationTask):
 
 
 def _cell(v):
-    return "–" if v is None else v
+    """A table cell: None and non-finite numbers as "–"."""
+    if v is None or (isinstance(v, (float, np.floating)) and not math.isfinite(v)):
+        return "–"
+    return v
 
 
 def _describe_data(r) -> str:
@@ -749,7 +752,7 @@ class EVCurves(EvaluationTask):
         md = [markdown_table(
             ["structure", "source", "V0 (Å³/atom)", "B0 (GPa)", "B0'", f"ΔE vs {zero} (meV/atom)"],
             [[n, src, f"{fits[src][n]['v0_A3_per_atom']:.4g}†" if fits[src][n]["v0_at_edge"] else
-              fits[src][n]["v0_A3_per_atom"], fits[src][n]["b0_GPa"], fits[src][n]["b0_prime"],
+              _cell(fits[src][n]["v0_A3_per_atom"]), _cell(fits[src][n]["b0_GPa"]), _cell(fits[src][n]["b0_prime"]),
               fits[src][n]["dE_meV_per_atom"] if fits[src][n]["dE_from_fit"] else
               f"{fits[src][n]['dE_meV_per_atom']:.4g}*"]
              for n in atoms for src in order if n in fits.get(src, {})]), ""]
@@ -1130,8 +1133,8 @@ class Phonons(EvaluationTask):
                      ("DOS overlap", "dos_overlap_vs_experiment")]
         if ref_segs is not None:
             cols += [("RMS Δν vs ref. dispersion (THz)", "dispersion_rms_vs_reference_THz")]
-        rows = [[label] + [metrics[label].get(c, "–") for _, c in cols] for label in res]
-        rows += [[lab] + [v.get(c, "–") for _, c in cols] for lab, v in ref_metrics.items()]
+        rows = [[label] + [_cell(metrics[label].get(c)) for _, c in cols] for label in res]
+        rows += [[lab] + [_cell(v.get(c)) for _, c in cols] for lab, v in ref_metrics.items()]
         sc = "×".join(str(x) for x in p.supercell) if np.ndim(p.supercell) == 1 else str(p.supercell)
         md = [markdown_table(["model"] + [c for c, _ in cols], rows), ""]
         how = " (relaxed by each model)" if p.relax else " (given lattice, not relaxed)"
