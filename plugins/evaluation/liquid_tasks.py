@@ -1034,7 +1034,7 @@ class SelfDiffusionTask(EvaluationTask):
                     rows.append([label, f"{pt.T_K:g}", f"**failed**: {v['failed']}", "", "", "", ""])
                     continue
                 rows.append([label, f"{pt.T_K:g}", _fmt(v["D_GK"], v["D_GK_err"]), _fmt(v["D_E"], v["D_E_err"]),
-                             f"{100 * v['GK_minus_E_over_E']:+.0f}%", _fmt(v["T_kin_K"], None, 0),
+                             f"{round(100 * v['GK_minus_E_over_E']) + 0:+d}%", _fmt(v["T_kin_K"], None, 0),
                              _fmt(v["density_g_cm3"], v["density_err_g_cm3"], 3) + (" (fixed)" if fixed else "")])
         for label, msg in failures.items():
             rows.append([label, "", f"**failed**: {msg}", "", "", "", ""])
@@ -1051,7 +1051,7 @@ class SelfDiffusionTask(EvaluationTask):
                 for r in c["vs_experiment"]:
                     rel = r["relative_deviation"]
                     cmp_rows.append([label, f"{r['T_K']:g}", _fmt(r["D_GK_model"], None), _fmt(r["D_exp"], None),
-                                     "outside the simulated temperatures" if rel is None else f"{100 * rel:+.0f}%"])
+                                     "outside the simulated temperatures" if rel is None else f"{round(100 * rel) + 0:+d}%"])
             md += ["", markdown_table(["model", "T (K)", "D_GK model (interpolated in T)", "D experiment",
                                        "model / exp − 1"], cmp_rows)]
         else:
