@@ -165,3 +165,17 @@ def test_cli_report_and_diffusion_green_kubo_vs_einstein(tmp_path, lj_run):
         assert (out / f).is_file(), f
     tr = np.load(out / "liquid_structure" / "trajectory_tiny.npz")
     assert tr["positions_A"].shape == (10, 108, 3) and np.allclose(np.diff(tr["times_ps"]), 0.1)
+
+
+def test_titanium_blocks_in_the_docs_validate():
+    """The paper/quick/smoke task blocks of docs/evaluation_report.md parse as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluation_report.md").read_text()
+    section = text[text.index("### Liquid sections for the titanium example"):]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    for block in blocks:
+        cfg = parse_evaluation({"tasks": yaml.safe_load(block)}, get_plugin_manager())
+        assert [t.name for t in cfg.tasks] == ["liquid_structure", "self_diffusion"]
