@@ -857,7 +857,7 @@ class SelfDiffusionTask(EvaluationTask):
         p, pr = self.p, self.p.protocol
         pm = get_plugin_manager()
         exp = _diffusion_experiment(p.experiment, ctx) if p.experiment is not None else None
-        n_blocks = min(ctx.n_blocks, max(2, (pr.n_origins or 0) // 2)) if pr.n_origins else ctx.n_blocks
+        n_blocks = min(ctx.n_blocks, max(2, pr.n_origins // 2))  # at least two origins per block
         results: dict[str, list[DiffusionPoint]] = {}
         failures: dict[str, str] = {}
         warnings: dict[str, list[str]] = {}
