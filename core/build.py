@@ -34,6 +34,9 @@ class SumPotential(Potential):
     def overflow(self, conf, nbrs):
         return self.model.overflow(conf, nbrs) | self.prior.overflow(conf, nbrs)
 
+    def resized(self, conf, nbrs):
+        return SumPotential(self.model.resized(conf, nbrs), self.prior.resized(conf, nbrs))
+
     def grow(self, conf, nbrs):
         out = self
         if bool(self.model.overflow(conf, nbrs)):

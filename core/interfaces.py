@@ -40,6 +40,14 @@ class Potential(eqx.Module):
     def grow(self, conf: Configuration, nbrs: NeighborList) -> "Potential":
         raise OverflowError(f"{type(self).__name__} reported an internal buffer overflow but does not implement grow()")
 
+    def resized(self, conf: Configuration, nbrs: NeighborList) -> "Potential":
+        """Host-side: a copy (same parameters) whose internal buffers are sized for `conf`.
+
+        Trainers call it when one model serves workloads of different sizes (DFT batches of
+        large cells, MD of a small one): padded buffers cost as much as used ones.  Default:
+        no buffers, returns self.  Overflow during MD still grows the copy (`grow`)."""
+        return self
+
 
 class StatePoint(eqx.Module):
     """Thermodynamic state handed to ensembles and observables (internal units)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import optax
 
 from .spec import OptimizerSpec, SpecError
@@ -32,3 +33,19 @@ def make_optimizer(o: OptimizerSpec, where: str = "optimizer") -> optax.Gradient
 def trainable(model):
     """(params, static) split: every inexact array leaf is trainable."""
     return eqx.partition(model, eqx.is_inexact_array)
+
+
+def with_structure(leaves_from, structure_from):
+    """`structure_from` carrying the leaves of `leaves_from`.
+
+    For two versions of one model that differ only in static fields (e.g. the buffer capacities
+    of a potential sized for different systems, see `Potential.resized`/`grow`), where
+    `eqx.combine` refuses the mismatched metadata.  Works on whole models, on their parameter
+    partitions and on gradients.  Raises ValueError when the leaves do not correspond.
+    """
+    leaves = jax.tree_util.tree_leaves(leaves_from)
+    treedef = jax.tree_util.tree_structure(structure_from)
+    if treedef.num_leaves != len(leaves):
+        raise ValueError(f"with_structure: {len(leaves)} leaves for a structure with {treedef.num_leaves}; "
+                         f"the two trees are not versions of the same model")
+    return jax.tree_util.tree_unflatten(treedef, leaves)

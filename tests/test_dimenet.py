@@ -234,6 +234,34 @@ def test_overflow_is_flagged_and_grow_fixes_it_with_identical_parameters():
     assert float(_energy(pot, conf, nbrs)) == pytest.approx(e_ref, rel=1e-10)
 
 
+def test_resized_model_and_structure_transfer_keep_the_energy_and_gradient():
+    """A model sized for big DFT cells is resized for a small MD cell (Potential.resized); the
+    trainers move parameters and gradients between the two structures (optim.with_structure)."""
+    from fusepot.core.optim import trainable, with_structure
+
+    conf = random_conf(1)
+    nbrs = nbrs_for(conf)
+    big = build(max_neighbors=3 * K, edge_capacity=4 * E_CAP)
+    small = big.resized(conf, nbrs)
+    assert small.edge_capacity < big.edge_capacity and small.max_neighbors < big.max_neighbors
+    assert not bool(small.overflow(conf, nbrs))
+    assert float(_energy(small, conf, nbrs)) == pytest.approx(float(_energy(big, conf, nbrs)), rel=1e-10)
+    with pytest.raises(ValueError):  # eqx.combine refuses different static fields ...
+        eqx.combine(trainable(big)[0], trainable(small)[1])
+    # ... with_structure moves the parameters of a perturbed big model into the small structure
+    moved_from = jax.tree_util.tree_map(lambda a: a * 1.01 if eqx.is_inexact_array(a) else a, big)
+    moved = with_structure(moved_from, small)
+    assert moved.edge_capacity == small.edge_capacity
+    assert float(_energy(moved, conf, nbrs)) == pytest.approx(float(_energy(moved_from, conf, nbrs)), rel=1e-10)
+    g_small = eqx.filter_grad(lambda p: p.energy(conf, nbrs))(small)
+    g_big = eqx.filter_grad(lambda p: p.energy(conf, nbrs))(big)
+    g_back = with_structure(g_small, trainable(big)[0])
+    for a, b in zip(jax.tree_util.tree_leaves(g_back), jax.tree_util.tree_leaves(g_big)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match="not versions of the same model"):
+        with_structure(big, {"a": 1.0})
+
+
 def test_float32_energy_agrees_with_float64():
     conf = random_conf(0)
     pot = build()

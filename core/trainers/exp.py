@@ -23,10 +23,11 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from .. import difftre
+from .. import neighbors as nb
 from ..build import build_ensemble, build_potential, build_system, build_targets, state_configuration, state_point
 from ..interfaces import Ensemble, Potential, StatePoint, Trajectory
 from ..md import Carry, MDFailure
-from ..optim import make_optimizer, trainable
+from ..optim import make_optimizer, trainable, with_structure
 from ..progress import Progress
 from ..spec import ExperimentSpec
 
@@ -44,6 +45,7 @@ class StatePointRun:
     traj: Optional[Trajectory] = None
     carry: Optional[Carry] = None
     templates: Any = None
+    structure: Any = None  # the potential as sized for this state point (static buffer capacities)
 
 
 def _dtype(spec):
@@ -106,26 +108,46 @@ class ExpTrainer:
         return time.perf_counter() - t0
 
     # -- one update ----------------------------------------------------------------------------
+    def _for_point(self, pt: StatePointRun, potential):
+        """`potential`'s parameters in the structure sized for this state point's system.
+
+        The model may carry buffers sized for other work (e.g. DFT batches of 128-atom cells
+        in fused training); MD and reweighting of a small cell in those would pay for the
+        padding.  First use: `Potential.resized` on the state point's configuration; after
+        that the structure the MD left (grown on overflow, never dropped)."""
+        if pt.structure is None:
+            nbrs = nb.allocate(pt.conf.positions, pt.conf.box, potential.cutoff, skin=0.0)
+            pt.structure = potential.resized(pt.conf, nbrs)
+        return with_structure(potential, pt.structure)
+
     def _process_point(self, pt: StatePointRun, key, potential, device=None):
         """Sample-or-reuse, reweight and differentiate one state point (runs on `device`)."""
         tr = self.settings
+        potential = self._for_point(pt, potential)
         if device is not None:
             potential = jax.device_put(potential, device)
             pt.traj, pt.carry = jax.device_put(pt.traj, device), jax.device_put(pt.carry, device)
             pt.templates = jax.device_put(pt.templates, device)
         t_sample = t_rew = 0.0
         resampled, r = False, None
-        if pt.traj is not None:
+        if pt.traj is not None and tr.reuse_threshold < 1.0:
+            # reuse test on the forward pass only; the gradient pass (the expensive one) runs once,
+            # on whichever trajectory is kept.  reuse_threshold 1.0 always resamples: no test.
             t0 = time.perf_counter()
-            r = difftre.reweight(potential, pt.traj, pt.targets, templates=pt.templates, batch_size=tr.reweight_batch)
+            r = difftre.reweight(potential, pt.traj, pt.targets, templates=pt.templates, batch_size=tr.reweight_batch,
+                                 with_grad=False)
+            if r.n_eff / pt.traj.n_frames >= tr.reuse_threshold:
+                r = difftre.reweight(potential, pt.traj, pt.targets, templates=r.templates,
+                                     batch_size=tr.reweight_batch)
+            else:
+                pt.templates, r = r.templates, None
             t_rew += time.perf_counter() - t0
-            if r.n_eff / pt.traj.n_frames < tr.reuse_threshold:
-                r = None
         if r is None:
             t_sample += self._sample(pt, key, potential)
             if pt.carry is not None and getattr(pt.carry, "potential", None) is not None:
                 # the sampler may have grown internal buffers (static structure, same parameters)
-                potential = eqx.combine(trainable(potential)[0], trainable(pt.carry.potential)[1])
+                pt.structure = pt.carry.potential
+                potential = with_structure(potential, pt.structure)
             resampled = True
             t0 = time.perf_counter()
             r = difftre.reweight(potential, pt.traj, pt.targets, templates=pt.templates, batch_size=tr.reweight_batch)
@@ -163,18 +185,16 @@ class ExpTrainer:
         else:
             outs = [self._process_point(pt, keys[i + 1], self.potential) for i, pt in enumerate(self.points)]
         results = []
+        params, static = trainable(self.potential)
         for pt, (rec, r, used) in zip(self.points, outs):
             record["state_points"][pt.name] = rec
-            results.append(r)
-            static_now, static_used = trainable(self.potential)[1], trainable(used)[1]
-            if static_used is not static_now and not eqx.tree_equal(static_now, static_used):
-                self.potential = eqx.combine(trainable(self.potential)[0], static_used)
+            # gradients come in each state point's structure; bring them to the model's
+            results.append(dataclasses.replace(r, grad=with_structure(r.grad, params)))
         t_sample = sum(rec["sample_s"] for rec, _, _ in outs)
         t_rew = sum(rec["reweight_s"] for rec, _, _ in outs)
         n = len(results)
         loss = sum(r.loss for r in results) / n
         grads = jax.tree_util.tree_map(lambda *g: sum(g) / n, *[r.grad for r in results])
-        params, static = trainable(self.potential)
         self._before_step = (self.potential, self.opt_state)
         updates, self.opt_state = self.optimizer.update(grads, self.opt_state, params)
         updates = jax.tree_util.tree_map(lambda u: u * self.lr_scale, updates)
@@ -290,7 +310,8 @@ class ExpTrainer:
             if pt.traj is None:
                 continue
             dev = jax.devices()[0]  # state points may live on other devices after a sharded update
-            r = difftre.reweight(jax.device_put(self.potential, dev), jax.device_put(pt.traj, dev), pt.targets,
+            r = difftre.reweight(jax.device_put(self._for_point(pt, self.potential), dev), jax.device_put(pt.traj, dev),
+                                 pt.targets,
                                  with_grad=False, templates=jax.device_put(pt.templates, dev),
                                  batch_size=self.settings.reweight_batch)
             out[pt.name] = {t.name: np.asarray(r.estimates[t.name]).tolist() for t in pt.targets} | {"n_eff": r.n_eff}

@@ -180,6 +180,10 @@ class DimeNetPP(Potential):
         return dataclasses.replace(self, max_neighbors=max(1, int(math.ceil(degree * margin)) + 1),
                                    edge_capacity=max(16, int(math.ceil(n_edges * edge_margin)) + 16))
 
+    def resized(self, conf: Configuration, nbrs: NeighborList) -> "DimeNetPP":
+        """Capacities sized for `conf` (Potential interface; see `sized_for`)."""
+        return self.sized_for(conf, nbrs)
+
     def grow(self, conf: Configuration, nbrs: NeighborList) -> "DimeNetPP":
         """Host-side: a copy (same parameters) with both capacities at least 20 % larger.
 
