@@ -13,6 +13,7 @@ from fusepot.core.interfaces import StatePoint
 from fusepot.core.plugins import get_plugin_manager
 from fusepot.core.progress import Progress
 from fusepot.core.spec import SpecError, parse_evaluation
+from fusepot.plugins.evaluation.solid_tasks import born_stable
 from fusepot.plugins.solid import energy_volume_curve, fit_birch_murnaghan
 from fusepot.plugins.solid.evaluate import block_error, per_frame_values
 from fusepot.plugins.solid.voigt import voigt_moduli_cubic
@@ -57,7 +58,7 @@ def test_elastic_vs_temperature_matches_direct_computation(tmp_path):
     assert set(rep.files) == {"elastic_constants.csv", "experiment.csv", "relative_errors.csv",
                               "elastic_vs_temperature.png"}
     assert all((ctx.out_dir / f).stat().st_size > 0 for f in rep.files)
-    assert rep.metrics["failures"] == [] and rep.metrics["n_frames"] == 40
+    assert rep.metrics["failures"] == [] and rep.metrics["mechanically_unstable"] == [] and rep.metrics["n_frames"] == 40
 
     # the same numbers straight from the solid plugins (model 1 at the second temperature)
     a = np.interp(30.0, [5, 45], [5.20, 5.24])
@@ -86,6 +87,13 @@ def test_elastic_vs_temperature_matches_direct_computation(tmp_path):
     assert list(table["model"]) == ["lj", "lj", "lj_soft", "lj_soft"] and list(table["T_K"]) == temps * 2
     assert "Mean relative error vs experiment over 2 temperature(s)" in rep.markdown
     assert "| 30 | invented |" in rep.markdown and "| 30 | lj_soft |" in rep.markdown
+
+
+def test_born_stability_criteria():
+    assert born_stable("hexagonal", [160.9, 92.5, 69.1, 179.5, 46.2])  # Ti, 323 K (Fisher & Renken)
+    assert not born_stable("hexagonal", [160.9, 92.5, 69.1, 179.5, -1.0])
+    assert not born_stable("hexagonal", [100.0, 90.0, 120.0, 100.0, 40.0])  # 2 C13² > C33 (C11 + C12)
+    assert born_stable("cubic", [4.1, 2.3, 2.3]) and not born_stable("cubic", [2.0, 2.5, 1.0])
 
 
 def test_npt_lattice_low_temperature_matches_static_lattice(tmp_path):

@@ -191,6 +191,8 @@ class NptLatticeParams(CrystalParams):
     pressures_GPa: list[float] = Field(default_factory=list,
                                        description="pressures (GPa) of the sweep at pressure_temperature_K ([]: none)")
     pressure_temperature_K: float = Field(300.0, gt=0, description="temperature of the pressure sweep (K)")
+    max_volume_change: float = Field(0.25, gt=0, description="flag a state point as unstable when its mean volume "
+                                                              "differs from the starting cell's by more than this fraction")
     ensemble: EnsembleRef = Field(default_factory=lambda: EnsembleRef(**DEFAULT_NPT),
                                   description="NPT ensemble {name, params}; default npt_nose_hoover, 0.5 fs, τ_T 0.05 ps, "
                                               "τ_P 0.5 ps, 10 ps equilibration, 80 ps, frames every 0.1 ps; couple "
@@ -240,7 +242,7 @@ def _crystal(p: CrystalParams, species: list[str], dtype, a: float, c: Optional[
 
 def _cell_words(p: CrystalParams, n_atoms: int) -> str:
     cell = p.hexagonal_cell if p.symmetry == "hexagonal" else "conventional cubic"
-    return f"{n_atoms}-atom {p.structure} {p.element} cell ({cell} cell × {'×'.join(map(str, p.supercell))})"
+    return f"the {n_atoms}-atom {p.structure} {p.element} cell ({cell} cell × {'×'.join(map(str, p.supercell))})"
 
 
 def _lattice_table(lat: _LatticeColumns, ctx, field: str, hexagonal: bool):
@@ -376,6 +378,16 @@ def _block_estimate_user(observable, values, frames, n_blocks: int, derived=None
     return block_estimate(fn, [np.asarray(x) for x in leaves], n_blocks)
 
 
+def born_stable(symmetry: str, c) -> bool:
+    """Born mechanical stability of a hexagonal (C11, C12, C13, C33, C44) or cubic (C11, C12, C44)
+    crystal: the necessary and sufficient conditions of Mouhat & Coudert, PRB 90, 224104 (2014)."""
+    if symmetry == "hexagonal":
+        c11, c12, c13, c33, c44 = (float(x) for x in c)
+        return c11 > abs(c12) and 2 * c13 * c13 < c33 * (c11 + c12) and c44 > 0
+    c11, c12, c44 = (float(x) for x in c)
+    return c11 > abs(c12) and c11 + 2 * c12 > 0 and c44 > 0
+
+
 def _fmt(v, e=None, digits: int = 1) -> str:
     """`v ± e` with at least `digits` decimals, more when the error needs them (up to 6)."""
     if v is None or not np.isfinite(v):
@@ -426,6 +438,39 @@ def _plot_panels(path, panels, xlabel: str, series: dict, experiment=None, title
         ax.grid(alpha=0.3)
     for ax in axes[n:]:
         ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110)
+
+
+def _plot_bars(path, groups, series: dict, experiment=None, title: str = "") -> None:
+    """One state point: grouped bars (one per model, with error bars) per quantity, experiment as
+    black markers.  groups: [(y label, [(key, tick label)])] → one panel each; series:
+    {model: {key: (value, error)}}; experiment: (label, {key: value}) or None."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    widths = [max(len(g[1]), 1) for g in groups]
+    fig = Figure(figsize=(1.1 * sum(widths) + 1.5 * len(groups), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(groups), squeeze=False, width_ratios=widths)[0]
+    n = max(len(series), 1)
+    w = 0.8 / n
+    for ax, (ylabel, keys) in zip(axes, groups):
+        x = np.arange(len(keys))
+        for i, (label, vals) in enumerate(series.items()):
+            y = [vals[k][0] for k, _ in keys]
+            e = [vals[k][1] for k, _ in keys]
+            ax.bar(x - 0.4 + (i + 0.5) * w, y, w, yerr=e, capsize=3, label=label)
+        if experiment is not None and all(k in experiment[1] for k, _ in keys):
+            ax.plot(x, [experiment[1][k] for k, _ in keys], "ks", mfc="none", ms=7, label=experiment[0])
+        ax.set_xticks(x, [t for _, t in keys])
+        ax.set_ylabel(ylabel)
+        ax.axhline(0.0, color="0.5", lw=0.8)
+        ax.grid(alpha=0.3, axis="y")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
@@ -538,7 +583,7 @@ class ElasticVsTemperature(EvaluationTask):
         nq = len(quantities)
         prog = _PointProgress(ctx, len(models) * len(temps))
         results: dict[str, dict] = {}
-        rows, failures, n_atoms, n_frames, n_blocks = [], [], 0, 0, ctx.n_blocks
+        rows, failures, warnings, n_atoms, n_frames, n_blocks = [], [], [], 0, 0, ctx.n_blocks
         for mi, m in enumerate(models):
             sampler = _Sampler(p.ensemble, m.dtype)
             pot, templates = m.potential, None
@@ -555,6 +600,9 @@ class ElasticVsTemperature(EvaluationTask):
                     if not np.all(np.isfinite(v)):
                         status = "non-finite estimate"
                         failures.append(f"{m.label} at {T:g} K: non-finite elastic constants {v.tolist()}")
+                    elif not born_stable(p.symmetry, v[:len(self.constants)]):
+                        status = "mechanically unstable"
+                        warnings.append(f"{m.label} at {T:g} K")
                     val[ti], err[ti] = v, e
                 except (MDFailure, OverflowError) as exc:
                     status = f"failed: {exc}"
@@ -603,14 +651,22 @@ class ElasticVsTemperature(EvaluationTask):
         exp_plot = None
         if exp is not None:
             exp_plot = (p.experiment.label, exp[0], exp[1])
-        _plot_panels(ctx.out_dir / "elastic_vs_temperature.png", panels, "T (K)", series, exp_plot,
-                     title=f"{p.structure} {p.element}: isothermal elastic constants (NVT, stress fluctuation)")
+        title = f"{p.structure} {p.element}: isothermal elastic constants (NVT, stress fluctuation)"
+        if len(temps) == 1:  # one state point: grouped bars instead of lines
+            one = {label: {q: (r["value"][0, qi], r["error"][0, qi]) for qi, q in enumerate(quantities)}
+                   for label, r in results.items()}
+            exp_one = None if exp_at is None or not np.all(np.isfinite(exp_at[0])) else (
+                p.experiment.label, {q: exp_at[0, qi] for qi, q in enumerate(quantities)})
+            groups = [("GPa", [(q, q) for q in self.constants + ("K", "G")]), ("Poisson ratio", [("nu", "ν")])]
+            _plot_bars(ctx.out_dir / "elastic_vs_temperature.png", groups, one, exp_one, f"{title}, {temps[0]:g} K")
+        else:
+            _plot_panels(ctx.out_dir / "elastic_vs_temperature.png", panels, "T (K)", series, exp_plot, title=title)
         files.append("elastic_vs_temperature.png")
 
         md = self.markdown(models, temps, results, exp, exp_at, mre, lattice_words, n_atoms, n_frames, n_blocks,
-                           failures)
+                           failures, warnings)
         metrics = {"temperatures_K": temps.tolist(), "n_atoms": n_atoms, "n_frames": n_frames, "n_blocks": n_blocks,
-                   "failures": failures}
+                   "failures": failures, "mechanically_unstable": warnings}
         for label, r in results.items():
             mm = {}
             for qi, q in enumerate(quantities):
@@ -622,10 +678,11 @@ class ElasticVsTemperature(EvaluationTask):
             metrics[label] = mm
         return TaskReport(md, _clean(metrics), files)
 
-    def markdown(self, models, temps, results, exp, exp_at, mre, lattice_words, n_atoms, n_frames, n_blocks, failures):
+    def markdown(self, models, temps, results, exp, exp_at, mre, lattice_words, n_atoms, n_frames, n_blocks, failures,
+                 warnings):
         p = self.p
         quantities = self.quantities
-        head = [f"NVT MD with {_ensemble_words(p.ensemble)} of a {_cell_words(p, n_atoms)} with the box fixed at "
+        head = [f"NVT MD with {_ensemble_words(p.ensemble)} of {_cell_words(p, n_atoms)} with the box fixed at "
                 f"{lattice_words}; isothermal elastic constants by the stress-fluctuation formula "
                 f"(`elastic_constants`, {p.symmetry}) from {n_frames} frames per temperature, ± block-average standard "
                 f"errors ({n_blocks} blocks); K, G, ν are Voigt averages of the C_ij.  GPa."]
@@ -639,6 +696,9 @@ class ElasticVsTemperature(EvaluationTask):
         out = [" ".join(head), ""]
         if failures:
             out += ["**Failed state points:** " + "; ".join(failures), ""]
+        if warnings:
+            out += ["**Mechanically unstable** (Born criteria, Mouhat & Coudert 2014, violated by the C_ij): "
+                    + "; ".join(warnings), ""]
         names = [q if q != "nu" else "ν" for q in quantities]
         if mre:
             n_cmp = int(np.sum(np.all(np.isfinite(exp_at[:, :1]), axis=1)))
@@ -706,7 +766,7 @@ class NptLattice(EvaluationTask):
         extra = self.ensemble_extra()
         prog = _PointProgress(ctx, len(models) * len(unique))
         nq = len(quantities)
-        results, rows, failures = {}, [], []
+        results, rows, failures, warnings = {}, [], [], []
         n_atoms = n_frames = 0
         n_blocks = ctx.n_blocks
         for mi, m in enumerate(models):
@@ -717,7 +777,7 @@ class NptLattice(EvaluationTask):
                 conf, masses = _crystal(p, m.species, m.dtype, a_start[ui], None if c_start is None else c_start[ui])
                 n_atoms = conf.positions.shape[0]
                 t0 = time.perf_counter()
-                status, v, e = "ok", np.full(nq, np.nan), np.full(nq, np.nan)
+                status, v, e, vol = "ok", np.full(nq, np.nan), np.full(nq, np.nan), float("nan")
                 try:
                     traj, carry = sampler.sample(pot, conf, masses, StatePoint(T, gpa_to_internal(P)),
                                                  ctx.key(mi, salt[(T, P)]), progress=prog.md(f"{m.label} {T:g} K {P:g} GPa"))
@@ -728,9 +788,14 @@ class NptLattice(EvaluationTask):
                     est = _block_estimate_user(obs, values, traj.frames(), _n_blocks(ctx, n_frames))
                     n_blocks = est.n_blocks
                     v, e = np.asarray(est.mean), np.asarray(est.error)
+                    vol = float(np.mean(np.abs(np.linalg.det(np.asarray(traj.boxes)))))
+                    ratio = vol / abs(float(np.linalg.det(np.asarray(conf.box))))
                     if not np.all(np.isfinite(v)):
                         status = "non-finite estimate"
                         failures.append(f"{m.label} at {T:g} K, {P:g} GPa: non-finite lattice constants")
+                    elif abs(ratio - 1) > p.max_volume_change:
+                        status = "unstable"
+                        warnings.append(f"{m.label} at {T:g} K, {P:g} GPa: mean volume {ratio:.2f} × the starting cell's")
                 except (MDFailure, OverflowError) as exc:
                     status = f"failed: {exc}"
                     failures.append(f"{m.label} at {T:g} K, {P:g} GPa: {type(exc).__name__}: {exc}")
@@ -741,7 +806,7 @@ class NptLattice(EvaluationTask):
                 for qi, q in enumerate(quantities):
                     row[_column(q, "" if q == "c/a" else "A")] = v[qi]
                     row[_column(q, "" if q == "c/a" else "A", err=True)] = e[qi]
-                row.update(n_frames=n_frames, wall_s=round(wall, 2), status=status)
+                row.update(volume_A3_per_atom=vol / n_atoms, n_frames=n_frames, wall_s=round(wall, 2), status=status)
                 rows.append(row)
                 prog.finished(f"npt {m.label} {T:g} K {P:g} GPa: " + ", ".join(
                     f"{q} {_fmt(v[qi], e[qi], 4)}" for qi, q in enumerate(quantities)) + f" ({wall:.0f} s)")
@@ -795,10 +860,10 @@ class NptLattice(EvaluationTask):
             files.append("lattice_vs_pressure.png")
 
         md = self.markdown(temps, pressures, by_T, by_P, exp, exp_at, mre, start_words, extra, n_atoms, n_frames,
-                           n_blocks, failures)
+                           n_blocks, failures, warnings)
         metrics = {"temperatures_K": temps.tolist(), "pressures_GPa": pressures.tolist(),
                    "pressure_temperature_K": p.pressure_temperature_K, "n_atoms": n_atoms, "n_frames": n_frames,
-                   "n_blocks": n_blocks, "failures": failures}
+                   "n_blocks": n_blocks, "failures": failures, "unstable": warnings}
         for label in results:
             mm = {}
             for qi, q in enumerate(quantities):
@@ -814,10 +879,10 @@ class NptLattice(EvaluationTask):
         return TaskReport(md, _clean(metrics), files)
 
     def markdown(self, temps, pressures, by_T, by_P, exp, exp_at, mre, start_words, extra, n_atoms, n_frames, n_blocks,
-                 failures):
+                 failures, warnings):
         p = self.p
         quantities = self.quantities
-        text = (f"NPT MD with {_ensemble_words(p.ensemble, extra)} of a {_cell_words(p, n_atoms)}, each run starting "
+        text = (f"NPT MD with {_ensemble_words(p.ensemble, extra)} of {_cell_words(p, n_atoms)}, each run starting "
                 f"from {start_words}; lattice constants (`lattice_constants`, {p.symmetry}) from {n_frames} frames per "
                 f"state point, ± block-average standard errors ({n_blocks} blocks).  Å.")
         out = [text, ""]
@@ -832,6 +897,9 @@ class NptLattice(EvaluationTask):
             out += [line, ""]
         if failures:
             out += ["**Failed state points:** " + "; ".join(failures), ""]
+        if warnings:
+            out += [f"**Unstable** (volume changed by more than {100 * p.max_volume_change:g} %; values kept in the "
+                    f"tables and errors): " + "; ".join(warnings), ""]
         if mre:
             n_cmp = int(np.sum(np.isfinite(exp_at[:, 0])))
             out += [f"Mean relative error vs experiment over {n_cmp} temperature(s) at 0 GPa:", "",
