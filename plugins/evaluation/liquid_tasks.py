@@ -799,9 +799,9 @@ def _diffusion_experiment(e: DiffusionExperiment, ctx):
 
 
 def _dynamics_ps(stage) -> float:
-    """Length of the dynamics run: the protocol's (n_origins − 1)·spacing + window, plus one frame
-    (frames start one interval after the stage start, so the last origin's window needs it)."""
-    return stage.duration_ps + stage.sample_every_ps
+    """Length of the dynamics run: the protocol's (n_origins − 1)·spacing + window + one frame
+    interval (LiquidProtocol.stages already adds the frame that starts one interval late)."""
+    return stage.duration_ps
 
 
 class SelfDiffusionTask(EvaluationTask):

@@ -49,7 +49,10 @@ def correlation_data(traj: Trajectory, correlation_ps: float, origin_spacing_ps:
     if times.shape[0] < 2:
         raise ValueError("time correlations need at least two frames")
     dt = times[1] - times[0]
-    if not np.allclose(np.diff(times), dt, rtol=1e-6, atol=1e-9):
+    # float32 trajectories store times with ~1e-7 relative resolution: allow a few ulps of the
+    # largest time, not a fixed 1e-9 ps
+    ulps = 16 * np.finfo(np.asarray(traj.times).dtype).eps * max(1.0, float(np.abs(times).max()))
+    if not np.allclose(np.diff(times), dt, rtol=1e-6, atol=max(1e-9, ulps)):
         raise ValueError("time correlations need equally spaced frames")
     lag = int(round(correlation_ps / dt))
     spacing = int(round(origin_spacing_ps / dt))

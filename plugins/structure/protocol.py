@@ -46,7 +46,9 @@ class LiquidProtocol(BaseModel):
     replicate: tuple[int, int, int] = Field((2, 2, 2), description="supercell of the 256-atom cell (paper: 2048 atoms)")
 
     def stages(self) -> list[Stage]:
-        dyn_ps = (self.n_origins - 1) * self.origin_spacing_ps + self.correlation_ps
+        # frames are recorded one interval after a stage starts, so the last origin's window needs
+        # one interval more than (n_origins − 1)·spacing + window
+        dyn_ps = (self.n_origins - 1) * self.origin_spacing_ps + self.correlation_ps + self.dynamics_sample_every_ps
         return [
             Stage("melt", "npt", self.melt_temperature_K, self.pressure_gpa, self.melt_ps, None),
             Stage("equilibrate", "npt", self.temperature_K, self.pressure_gpa, self.npt_ps, None),
