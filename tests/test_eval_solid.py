@@ -196,3 +196,18 @@ def test_cli_report_with_both_sections(tmp_path):
         assert f in md
     npt = report["tasks"][2]["metrics"]["tiny"]
     assert all(np.isfinite(npt["c_over_a_vs_T"])) and 1.5 < npt["c_over_a_vs_T"][0] < 1.8
+
+
+def test_titanium_blocks_in_the_docs_validate():
+    """The paper/quick/smoke solid-state task blocks of docs/evaluation_report.md parse as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluation_report.md").read_text()
+    start = text.index("### Solid-state sections for the titanium example")
+    section = text[start:text.index("\n## ", start)]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    for block in blocks:
+        cfg = parse_evaluation({"tasks": yaml.safe_load(block)}, PM)
+        assert {t.name for t in cfg.tasks} == {"elastic_vs_temperature", "npt_lattice"}
