@@ -313,7 +313,9 @@ class _Sampler:
         run = getattr(ens, "run", None)
         self.n_equilibration = 0
         self.capacity = 0
-        if run is not None and all(hasattr(run, k) for k in ("n_equilibration_steps", "steps_per_frame", "n_frames")):
+        self.standard = run is not None and all(hasattr(run, k) for k in ("n_equilibration_steps", "steps_per_frame",
+                                                                          "n_frames", "chunk_frames"))
+        if self.standard:
             self.n_equilibration = math.ceil(run.n_equilibration_steps / run.steps_per_frame)
             total = self.n_equilibration + run.n_frames
             merged = {**params, "equilibration_ps": 0.0, "production_ps": total * run.sample_every_ps}
@@ -329,8 +331,8 @@ class _Sampler:
         from fusepot.core.interfaces import Trajectory
         from fusepot.core.md import Carry
 
-        carry = self.ensemble.initial_carry(potential, conf, masses, sp, key)
-        if not isinstance(carry, Carry):
+        carry = self.ensemble.initial_carry(potential, conf, masses, sp, key) if self.standard else None
+        if not isinstance(carry, Carry):  # e.g. a multi-stage protocol: sampled as it is
             return self.ensemble.sample(potential, conf, masses, sp, key, progress=progress)
         nbrs = nb.allocate(conf.positions, conf.box, carry.nbrs.cutoff, carry.nbrs.skin,
                            min_capacity=max(self.capacity, 16))
