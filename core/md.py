@@ -84,6 +84,16 @@ def _bad(x) -> bool:
     return not bool(np.all(np.isfinite(np.asarray(x))))
 
 
+def _skin_for_boxes(cutoff: float, skin: float, box, chunk_boxes) -> float:
+    """Skin such that a list allocated in `box` still reaches cutoff + `skin` in the narrowest
+    of `chunk_boxes` (perpendicular widths; 2 % margin).  `skin` when no box is narrower."""
+    w0 = float(nb._perpendicular_widths(np.asarray(box, dtype=np.float64)).min())
+    w = min(float(nb._perpendicular_widths(np.asarray(b, dtype=np.float64)).min()) for b in np.asarray(chunk_boxes))
+    if w >= w0:
+        return skin
+    return (cutoff + skin) * (w0 / w) * 1.02 - cutoff
+
+
 def run(step: Callable, init: Callable, potential: Potential, conf: Configuration, masses, sp: StatePoint, key,
         dt: float, n_equilibration_steps: int, n_frames: int, steps_per_frame: int,
         restart: Optional[Carry] = None, progress: Optional[Callable[[float, str], None]] = None,
@@ -121,8 +131,11 @@ def run(step: Callable, init: Callable, potential: Potential, conf: Configuratio
                 if nbr_ovf:
                     log.warning("%s: neighbor list overflow (%d pairs > capacity %d); reallocating and redoing %d frames",
                                 label, int(new_nbrs.count), nbrs.capacity, k)
-                    # grow on every retry: a later frame may need more room (pairs or atoms per cell)
-                    nbrs = nb.allocate(pos, state.box, potential.cutoff, skin,
+                    # grow on every retry: a later frame may need more room (pairs or atoms per cell);
+                    # a box that shrank during the chunk (NPT) needs a periodic-image set / cells for
+                    # its smallest width, so the reach cutoff + skin is widened in proportion
+                    nbrs = nb.allocate(pos, state.box, potential.cutoff,
+                                       _skin_for_boxes(potential.cutoff, skin, state.box, recs[1]),
                                        capacity_factor * max(1.0, int(new_nbrs.count) / max(nbrs.capacity, 1))
                                        * 1.25 ** (attempt + 1))
                 if pot_ovf:

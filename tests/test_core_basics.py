@@ -110,3 +110,28 @@ def test_shrinking_box_beyond_image_set_is_flagged():
     small = conf.box * 0.68  # 10.7 Å < 2 (cutoff + skin): minimum image no longer exact
     bad = nb.update(nl, conf.positions * 0.68, small)
     assert bool(bad.overflow)
+
+
+def test_md_reallocation_covers_the_narrowest_box_of_a_chunk():
+    """An NPT chunk whose box shrank below the list's image set: the MD driver reallocates with a
+    reach wide enough for the narrowest box of the chunk (else it would fail again and again)."""
+    from fusepot.core.md import _skin_for_boxes
+
+    conf, _ = argon_fcc(1, a=5.6)  # 4 atoms; reach 5.5 Å needs one image shell at 5.6 Å, two at 5.04 Å
+    cutoff, skin = 5.0, 0.5
+    boxes = np.stack([np.asarray(conf.box) * f for f in (1.0, 0.95, 0.9)])
+    plain = nb.allocate(conf.positions, conf.box, cutoff, skin)
+    assert bool(nb.update(plain, conf.positions * 0.9, boxes[-1]).overflow)  # images no longer cover
+    wide_skin = _skin_for_boxes(cutoff, skin, conf.box, boxes)
+    assert wide_skin > skin
+    # (pair capacity for the denser box comes from the driver's growing capacity factor on retry)
+    wide = nb.allocate(conf.positions, conf.box, cutoff, wide_skin, capacity_factor=3.0)
+    shrunk = nb.update(wide, conf.positions * 0.9, boxes[-1])
+    assert not bool(shrunk.overflow)
+    # the list still holds every pair within the cutoff in the shrunk box (compare with a fresh one)
+    fresh = nb.allocate(conf.positions * 0.9, boxes[-1], cutoff, 0.0)
+    d = lambda nl, box: np.sort(np.linalg.norm(np.asarray(
+        (conf.positions * 0.9)[nl.receivers] - (conf.positions * 0.9)[nl.senders] + nl.shifts @ box), axis=1)[np.asarray(nl.mask)])
+    close = lambda x: x[x < cutoff]
+    np.testing.assert_allclose(close(d(shrunk, boxes[-1])), close(d(fresh, boxes[-1])), rtol=1e-10)
+    assert _skin_for_boxes(cutoff, skin, conf.box, boxes[:1] * 1.1) == skin  # growing boxes: unchanged
