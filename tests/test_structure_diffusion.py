@@ -7,6 +7,13 @@ slope; no statistical error is quoted — we assume ±5 %).  Truncation (not shi
 gives the same forces as our truncated-and-shifted LJ, so the dynamics are the same model.
 Dynamics use Langevin with γ = 0.01/ps, ~10³ times below the fluid's own friction
 kT/(mD) ≈ 8/ps, so the thermostat changes D by ~0.1 %.
+
+Open gap (issue #5): the acceptance criterion asks for a published LJ value *with an error bar*.
+None could be read and cited with the tools available when this was last revisited: the tables of
+Meier, Laesecke & Kabelac, J. Chem. Phys. 121, 9526 (2004) (the reference with uncertainties and a
+finite-size analysis) were not accessible, and the NIST SRS LJ MD isotherm (T* = 0.85, N = 500,
+3σ cutoff) was found only as a third-party copy whose D* column carries no uncertainty.  Rahman is
+therefore kept with the assumed ±5 %, and the thresholds are unchanged.
 """
 import math
 
@@ -87,7 +94,13 @@ def test_diffusion_fast_lj_liquid():
 
 @pytest.mark.slow
 def test_diffusion_matches_rahman_lj_argon():
-    """N = 864 as Rahman, 60 ps production (~111 origins 0.5 ps apart)."""
+    """N = 864 as Rahman, 60 ps production (~111 origins 0.5 ps apart).
+
+    Criteria: |D_GK − D_E| < 10 % of D_E, and for each estimator
+    |D − D_Rahman| < 2·sqrt(σ_block² + (0.05·D_Rahman)²), i.e. two combined standard errors, the
+    reference's share being the assumed 5 % (Rahman quotes none).  Same N as Rahman, so no
+    finite-size correction is applied.
+    """
     traj = run_liquid(6, 60.0, seed=1)
     _check_kinetic_temperature(traj)
     d = SelfDiffusion(correlation_ps=4.0, origin_spacing_ps=0.5, n_blocks=8, fit_start_ps=2.0).from_trajectory(traj)
