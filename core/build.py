@@ -140,8 +140,8 @@ def build_targets(sp: StatePointSpec, i: int, species, spec_dir: Path, dtype, pm
     return out
 
 
-def state_point(sp: StatePointSpec) -> StatePoint:
-    return StatePoint(sp.temperature, units.gpa_to_internal(sp.pressure))
+def state_point(sp: StatePointSpec, dtype=None) -> StatePoint:
+    return StatePoint(sp.temperature, units.gpa_to_internal(sp.pressure), dtype=dtype)
 
 
 @dataclass

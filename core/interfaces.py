@@ -55,9 +55,12 @@ class StatePoint(eqx.Module):
     temperature: jnp.ndarray  # K
     pressure: jnp.ndarray  # eV/Å³ (used by NPT ensembles)
 
-    def __init__(self, temperature, pressure=0.0):
-        self.temperature = jnp.asarray(temperature, dtype=jnp.asarray(0.0).dtype)
-        self.pressure = jnp.asarray(pressure, dtype=jnp.asarray(0.0).dtype)
+    def __init__(self, temperature, pressure=0.0, dtype=None):
+        """dtype: float type of the simulation (default: jax's default float); a float32 run
+        must not get float64 thermostat constants when 64-bit jax is on."""
+        dtype = jnp.asarray(0.0).dtype if dtype is None else dtype
+        self.temperature = jnp.asarray(temperature, dtype=dtype)
+        self.pressure = jnp.asarray(pressure, dtype=dtype)
 
     @property
     def kT(self):

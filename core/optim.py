@@ -49,3 +49,12 @@ def with_structure(leaves_from, structure_from):
         raise ValueError(f"with_structure: {len(leaves)} leaves for a structure with {treedef.num_leaves}; "
                          f"the two trees are not versions of the same model")
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def apply_updates(model, updates):
+    """`eqx.apply_updates` that keeps every leaf's dtype.  Optimiser updates can come out in a
+    wider float type than the parameters (optax's learning-rate schedules give float64 scalars
+    when 64-bit jax is on), which would silently turn a float32 model into float64 and break
+    compiled loops whose carries are float32."""
+    new = eqx.apply_updates(model, updates)
+    return jax.tree_util.tree_map(lambda n, o: n.astype(o.dtype) if eqx.is_inexact_array(o) else n, new, model)

@@ -18,3 +18,13 @@ def shared_data():
     if not d.is_dir():
         pytest.skip(f"reference data not found at {d} (../shared/data is not part of the project)")
     return d
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop jax's compiled executables after each test module.  One pytest process compiles
+    thousands of XLA programs; each maps executable memory, and a long CPU session can run into
+    the kernel's map-count limit (vm.max_map_count, 65530 by default: the XLA compiler then
+    segfaults).  Modules share no compiled functions worth keeping."""
+    yield
+    jax.clear_caches()

@@ -37,6 +37,7 @@ from ..datasets import Batch, Dataset, PaddedDataset, pad_dataset
 from ..interfaces import Potential
 from ..mechanics import energy_forces_virial
 from ..neighbors import NeighborList
+from ..optim import apply_updates
 from ..system import Configuration
 from ..units import KJ_PER_MOL_IN_EV
 
@@ -143,7 +144,7 @@ def train_step(model, opt_state, batch: Batch, weights, optimizer: optax.Gradien
 
     loss, grads = eqx.filter_value_and_grad(f)(model)
     updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-    return eqx.apply_updates(model, updates), opt_state, loss, _overflow(model, batch)
+    return apply_updates(model, updates), opt_state, loss, _overflow(model, batch)
 
 
 @eqx.filter_jit

@@ -27,7 +27,7 @@ from .. import neighbors as nb
 from ..build import build_ensemble, build_potential, build_system, build_targets, state_configuration, state_point
 from ..interfaces import Ensemble, Potential, StatePoint, Trajectory
 from ..md import Carry, MDFailure
-from ..optim import make_optimizer, trainable, with_structure
+from ..optim import apply_updates, make_optimizer, trainable, with_structure
 from ..progress import Progress
 from ..spec import ExperimentSpec
 
@@ -83,7 +83,7 @@ class ExpTrainer:
         for i, sp in enumerate(spec.state_points):
             self.points.append(StatePointRun(
                 sp.name, state_configuration(spec, sp, system, self.spec_dir, self.dtype), jnp.asarray(system.masses, self.dtype),
-                state_point(sp), build_ensemble(sp, i, self.spec_dir, self.dtype),
+                state_point(sp, self.dtype), build_ensemble(sp, i, self.spec_dir, self.dtype),
                 build_targets(sp, i, system.species, self.spec_dir, self.dtype)))
         self.optimizer = make_optimizer(spec.optimizer)
         params, _ = trainable(self.potential)
@@ -99,6 +99,10 @@ class ExpTrainer:
         t0 = time.perf_counter()
         prog = lambda f, msg: self.progress(f, f"update {self.update_index + 1}/{self.total_updates} | {pt.name}: {msg}")
         traj, carry = pt.ensemble.sample(potential, pt.conf, pt.masses, pt.state, key, restart=pt.carry, progress=prog)
+        if carry is not None and getattr(carry, "potential", None) is not None:
+            # the sampler may have grown internal buffers (static structure, same parameters)
+            pt.structure = carry.potential
+            potential = with_structure(potential, pt.structure)
         # U_ref recomputed by the reweighting code path itself, so that weights are exactly 1/N at θ = θ̂
         u, _, templates = difftre.evaluate_frames(potential, traj, {}, pt.templates, self.settings.reweight_batch)
         pt.traj = eqx.tree_at(lambda t: t.ref_energy, traj, u)
@@ -144,10 +148,7 @@ class ExpTrainer:
             t_rew += time.perf_counter() - t0
         if r is None:
             t_sample += self._sample(pt, key, potential)
-            if pt.carry is not None and getattr(pt.carry, "potential", None) is not None:
-                # the sampler may have grown internal buffers (static structure, same parameters)
-                pt.structure = pt.carry.potential
-                potential = with_structure(potential, pt.structure)
+            potential = with_structure(potential, pt.structure)  # as grown by the sampler
             resampled = True
             t0 = time.perf_counter()
             r = difftre.reweight(potential, pt.traj, pt.targets, templates=pt.templates, batch_size=tr.reweight_batch)
@@ -198,7 +199,7 @@ class ExpTrainer:
         self._before_step = (self.potential, self.opt_state)
         updates, self.opt_state = self.optimizer.update(grads, self.opt_state, params)
         updates = jax.tree_util.tree_map(lambda u: u * self.lr_scale, updates)
-        new_params = eqx.apply_updates(params, updates)
+        new_params = apply_updates(params, updates)
         if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(new_params)):
             raise FloatingPointError("non-finite parameters after the optimiser step")
         self.potential = eqx.combine(new_params, static)

@@ -562,7 +562,8 @@ class ElasticVsTemperature(EvaluationTask):
         to the next temperature, so the jitted programs are reused."""
         from fusepot.core.difftre import evaluate_frames
 
-        traj, carry = sampler.sample(pot, conf, masses, StatePoint(float(T)), key, progress=progress)
+        traj, carry = sampler.sample(pot, conf, masses, StatePoint(float(T), dtype=conf.positions.dtype), key,
+                                     progress=progress)
         pot = carry.potential if getattr(carry, "potential", None) is not None else pot
         boxes = np.asarray(traj.boxes)
         if not np.allclose(boxes, np.asarray(conf.box)[None], rtol=1e-10, atol=1e-10):
@@ -781,7 +782,7 @@ class NptLattice(EvaluationTask):
                 t0 = time.perf_counter()
                 status, v, e, vol = "ok", np.full(nq, np.nan), np.full(nq, np.nan), float("nan")
                 try:
-                    traj, carry = sampler.sample(pot, conf, masses, StatePoint(T, gpa_to_internal(P)),
+                    traj, carry = sampler.sample(pot, conf, masses, StatePoint(T, gpa_to_internal(P), dtype=conf.positions.dtype),
                                                  ctx.key(mi, salt[(T, P)]), progress=prog.md(f"{m.label} {T:g} K {P:g} GPa"))
                     pot = carry.potential if getattr(carry, "potential", None) is not None else pot
                     # lattice constants depend on the box alone: no potential or neighbor list needed
