@@ -131,7 +131,8 @@ def run_protocol(potential: Potential, conf: Configuration, masses, stages: list
         if progress is not None:
             stage_progress = (lambda f, msg, k=k, n=stage.name: progress((k + f) / len(stages), f"[{n}] {msg}"))
         traj, carry = stage.ensemble.sample(potential if carry is None or carry.potential is None else carry.potential,
-                                            conf, masses, stage.state_point, sub, restart=carry,
+                                            conf, masses, StatePoint(stage.temperature_K, gpa_to_internal(stage.pressure_GPa),
+                                                                     dtype=conf.positions.dtype), sub, restart=carry,
                                             progress=stage_progress)
         if stage.keep:
             result.trajectories[stage.name] = traj
