@@ -264,19 +264,24 @@ def _format_validation(exc: ValidationError, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
+def _component_errors(pm: PluginManager, kind: str, name: str, params: dict, path: str) -> list[str]:
+    """Errors of one plugin reference: unknown name, or params its own model refuses."""
+    try:
+        comp = pm.get(kind, name)
+    except KeyError as exc:
+        return [f"  {path}.name: {exc.args[0]}"]
+    try:
+        comp.params.model_validate(params)
+    except ValidationError as exc:
+        return [_format_validation(exc, f"{path}.params")]
+    return []
+
+
 def _validate_plugin_params(spec: ExperimentSpec, pm: PluginManager) -> None:
     errors = []
 
     def check(kind, ref: PluginRef, path: str):
-        try:
-            comp = pm.get(kind, ref.name)
-        except KeyError as exc:
-            errors.append(f"  {path}.name: {exc.args[0]}")
-            return
-        try:
-            comp.params.model_validate(ref.params)
-        except ValidationError as exc:
-            errors.append(_format_validation(exc, f"{path}.params"))
+        errors.extend(_component_errors(pm, kind, ref.name, ref.params, path))
 
     check("potential", spec.potential, "potential")
     if spec.dft is not None:
@@ -319,16 +324,7 @@ def _validate_plugin_params(spec: ExperimentSpec, pm: PluginManager) -> None:
 def evaluation_param_errors(ev: EvaluationSpec, pm: PluginManager, prefix: str = "") -> list[str]:
     errors = []
     for i, t in enumerate(ev.tasks):
-        path = f"{prefix + '.' if prefix else ''}tasks.{i}"
-        try:
-            comp = pm.get("evaluation", t.name)
-        except KeyError as exc:
-            errors.append(f"  {path}.name: {exc.args[0]}")
-            continue
-        try:
-            comp.params.model_validate(t.params)
-        except ValidationError as exc:
-            errors.append(_format_validation(exc, f"{path}.params"))
+        errors += _component_errors(pm, "evaluation", t.name, t.params, f"{prefix + '.' if prefix else ''}tasks.{i}")
     return errors
 
 

@@ -1,7 +1,6 @@
 """CLI and spec: exit codes, error messages naming fields, schema, run outputs, resume."""
 import json
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,25 +8,9 @@ import yaml
 
 from fusepot.core import cli
 from fusepot.core.spec import SpecError, parse_spec
+from helpers import SMALL_RUN_SPEC
 
-SMALL = """
-name: tiny
-seed: 3
-dtype: float64
-system: {crystal: {element: Ar, structure: fcc, a: 5.26, cubic: true}}
-potential: {name: lennard_jones, params: {epsilon: 0.0095, sigma: 3.35}}
-state_points:
-  - name: cold
-    temperature: 40
-    ensemble: {name: nvt_langevin, params: {timestep_fs: 5, production_ps: 1.0, equilibration_ps: 0.2, sample_every_ps: 0.1}}
-    targets:
-      - observable: {name: pressure}
-        value: 0.1
-        unit: GPa
-        uncertainty: 0.01
-trainer: {kind: exp, updates: 3, reuse_threshold: 0.95}
-optimizer: {name: adam, learning_rate: 0.01}
-"""
+SMALL = SMALL_RUN_SPEC  # the tiny LJ argon EXP spec shared with the calculator and evaluation tests
 
 
 def write(tmp_path, text, name="spec.yaml"):
