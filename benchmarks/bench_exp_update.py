@@ -29,6 +29,10 @@ stays a thermal solid; the output says so.
 
     python benchmarks/bench_exp_update.py [--frames 8] [--steps-per-frame 200] [--atoms-reps 4]
         [--dtype float32] [--batch-size 8] [--born-method affine|pair_vectors] [--compare-born]
+        [--compare-contraction]
+
+`--compare-contraction` also times the generic gradient contraction (reverse mode through the
+full per-frame Born terms, the path before `ElasticConstants.contract`) in the same run.
 """
 from __future__ import annotations
 
@@ -45,9 +49,10 @@ import numpy as np
 
 from fusepot.core import difftre
 from fusepot.core import neighbors as nb
-from fusepot.core.interfaces import StatePoint
+from fusepot.core.interfaces import Observable, StatePoint
 from fusepot.core.plugins import BuildContext, get_plugin_manager
 from fusepot.core.system import from_ase
+from fusepot.plugins.solid.elastic import ElasticConstants
 
 TEMPERATURE = 323.0
 TIMESTEP_FS = 0.5
@@ -62,10 +67,22 @@ def titanium(reps: int, dtype):
     return from_ase(atoms, dtype=dtype)
 
 
-def build_targets(born_method: str):
+class FullContraction(ElasticConstants):
+    """The elastic observable with the generic DiffTRe contraction (reverse mode through the full
+    per-frame Born terms) instead of its own directional-derivative one: the previous path,
+    timed side by side with `--compare-contraction`."""
+
+    def contract(self, potential, frame, nbrs, cotangent):
+        return Observable.contract(self, potential, frame, nbrs, cotangent)
+
+
+def build_targets(born_method: str, full_contraction: bool = False):
     pm = get_plugin_manager()
     el = pm.build("observable", "elastic_constants", {"symmetry": "hexagonal", "born_method": born_method},
                   BuildContext(species=["Ti"]))
+    if full_contraction:
+        el = FullContraction(symmetry=el.symmetry, full_format=el.full_format, kinetic=el.kinetic,
+                             born_method=el.born_method)
     p = pm.build("observable", "pressure", {}, BuildContext(species=["Ti"]))
     return [difftre.Target("pressure", p, **PRESSURE), difftre.Target("elastic_constants", el, **ELASTIC)]
 
@@ -123,6 +140,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=8, help="difftre reweight batch_size (trainer.reweight_batch)")
     ap.add_argument("--born-method", choices=["affine", "pair_vectors"], default="affine")
     ap.add_argument("--compare-born", action="store_true", help="also time the other born_method")
+    ap.add_argument("--compare-contraction", action="store_true",
+                    help="also time the generic gradient contraction (reverse mode through the full Born terms)")
     ap.add_argument("--equilibration-steps", type=int, default=200, help="warm-up steps before the first call's frames")
     ap.add_argument("--energy-scale", type=float, default=0.01, help="U → s·U for the untrained model (same cost)")
     ap.add_argument("--paper-frames", type=int, default=PAPER_FRAMES)
@@ -160,8 +179,10 @@ def main(argv=None):
     (u, _, _), t_uref = timed(lambda: difftre.evaluate_frames(pot, traj, {}, templates, args.batch_size))
     traj = eqx.tree_at(lambda t: t.ref_energy, traj, u)
 
-    methods = [args.born_method] + ([m for m in ("affine", "pair_vectors") if m != args.born_method]
-                                    if args.compare_born else [])
+    methods = [(args.born_method, False)] + ([(m, False) for m in ("affine", "pair_vectors") if m != args.born_method]
+                                             if args.compare_born else [])
+    if args.compare_contraction:
+        methods += [(m, True) for m, _ in methods]
     k, n = args.frames, args.paper_frames
     md_step = t_md / (k * args.steps_per_frame)
     md_pf = md_step * args.paper_steps_per_frame  # sampling seconds per paper frame
@@ -172,8 +193,9 @@ def main(argv=None):
     print(f"\n{'':28s}{'s/frame':>10s}{f'{n} frames (s)':>16s}{'/ sampling':>12s}")
     print(f"{'sampling (MD)':28s}{md_pf:10.3f}{md_pf * n:16.1f}{1.0:12.3f}")
     print(f"{'U_ref recompute':28s}{t_uref / k:10.3f}{t_uref / k * n:16.1f}{t_uref / t_md:12.3f}")
-    for m in methods:
-        targets = build_targets(m)
+    for m, full in methods:
+        targets = build_targets(m, full)
+        m = m + (", full contraction" if full else "")
         t_f, t_g, t_c, res = time_reweight(pot, traj, targets, args.batch_size, templates)
         finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(eqx.filter(res.grad, eqx.is_array)))
         print(f"{f'reweight+grad [{m}]':28s}{t_g / k:10.3f}{t_g / k * n:16.1f}{t_g / t_md:12.3f}"

@@ -275,11 +275,13 @@ def _accumulate_grad(potential, observables, templates, frames: Frame, g_u, g_va
     frames_p = jax.tree_util.tree_map(lambda x: chunks(x, False), frames)
 
     def surrogate(p, frame, gu, gv):
+        # gu·u + Σ_obs ⟨gv, per-frame value⟩: its θ-gradient is the frame's share of the total
         pot = eqx.combine(p, static)
-        u, vals, _ = _frame_eval(pot, observables, templates, frame)
-        # per-frame values may be pytrees (e.g. a dict of arrays): contract leaf by leaf
-        return gu * u + sum(jnp.sum(a * b) for k in vals
-                            for a, b in zip(jax.tree_util.tree_leaves(gv[k]), jax.tree_util.tree_leaves(vals[k])))
+        conf = frame.conf
+        built = {k: nb.update(t, conf.positions, conf.box, force=True) for k, t in templates.lists.items()}
+        u = pot.energy(conf, built[repr(float(pot.cutoff))])
+        return gu * u + sum(o.contract(pot, frame, built[repr(_obs_cutoff(o, pot))], gv[name])
+                            for name, o in observables.items())
 
     def chunk_grad(p, fr, gu, gv):
         return jax.grad(lambda q: jnp.sum(jax.vmap(lambda f, a, b: surrogate(q, f, a, b))(fr, gu, gv)))(p)

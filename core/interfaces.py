@@ -161,6 +161,19 @@ class Observable(eqx.Module):
     def reduce(self, weights, values, frames: Frame):
         return jax.tree_util.tree_map(lambda v: jnp.tensordot(weights, v, axes=1), values)
 
+    def contract(self, potential: Potential, frame: Frame, nbrs: NeighborList, cotangent):
+        """Σ cotangent · per_frame(potential, frame, nbrs), a scalar.
+
+        The DiffTRe gradient pass differentiates this w.r.t. the potential's parameters, with
+        the cotangent (∂loss/∂ per-frame value, a pytree like the values) held fixed.  Override
+        it when the contraction is cheaper to differentiate than the full per-frame value (the
+        elastic constants contract the 6×6 Born tensor along the cotangent's eigenvectors); it
+        must equal this default exactly.
+        """
+        values = self.per_frame(potential, frame, nbrs)
+        return sum(jnp.sum(c * v) for c, v in zip(jax.tree_util.tree_leaves(cotangent),
+                                                  jax.tree_util.tree_leaves(values)))
+
     def overflow(self, frame: Frame, nbrs: NeighborList) -> jnp.ndarray:
         """Jit-compatible flag: an internal fixed-size buffer (e.g. ADF triplets) is too small."""
         return jnp.asarray(False)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fusepot.core.interfaces import Observable
 from fusepot.core.units import pressure_to_gpa
 
-from .born import born_terms
+from .born import born_contraction, born_terms
 from .voigt import cubic_constants, hexagonal_constants, upper_triangle
 
 #: ideal-gas (kinetic) contribution (δ_ik δ_jl + δ_il δ_jk) in Voigt form, per N kT/V
@@ -86,6 +86,10 @@ class ElasticConstants(Observable):
 
     def per_frame(self, potential, frame, nbrs):
         return pack_born_terms(*born_terms(potential, frame.conf, nbrs, self.born_method))
+
+    def contract(self, potential, frame, nbrs, cotangent):
+        """⟨cotangent, per_frame⟩ by second directional derivatives (see born.born_contraction)."""
+        return born_contraction(potential, frame.conf, nbrs, cotangent[0], cotangent[1:], self.born_method)
 
     def tensor(self, weights, values, frames):
         """The full 6×6 tensor (eV/Å³) before symmetry projection."""
