@@ -5,8 +5,9 @@ energy + forces evaluation, for 256-atom cells.  Goal: ≤ 8×.
 
 Potentials: Lennard-Jones (fcc Ar), EAM (toy analytic Cu tables, fcc), DimeNet++ (hcp Ti,
 orthohexagonal cell; default hyperparameters, random weights) when the plugin is installed.
-Columns: E+F; Born terms with the default `affine` method (any potential); with
-`pair_vectors` (strain applied to nbrs.vectors: for potentials that use nothing else); and
+Columns: E+F; Born terms with the default `affine` method (any potential), Voigt tangents one
+at a time (default `tangent_batch` 1) and all six together (x6); with `pair_vectors` (strain
+applied to nbrs.vectors: for potentials that use nothing else), the same two ways; and
 `jax.hessian` (jacfwd∘jacrev over the 6 Voigt strains, the obvious alternative).  Times are the best of `repeats` rounds of 3 calls after compilation;
 ratios are medians over rounds of interleaved measurements (robust to a shared machine's load).
 """
@@ -97,8 +98,16 @@ def main():
         return born_terms(pot, conf, nbrs)
 
     @eqx.filter_jit
+    def born6(pot, conf, nbrs):
+        return born_terms(pot, conf, nbrs, tangent_batch=6)
+
+    @eqx.filter_jit
     def born_pairs(pot, conf, nbrs):
         return born_terms(pot, conf, nbrs, method="pair_vectors")
+
+    @eqx.filter_jit
+    def born_pairs6(pot, conf, nbrs):
+        return born_terms(pot, conf, nbrs, method="pair_vectors", tangent_batch=6)
 
     @eqx.filter_jit
     def born_rev_rev(pot, conf, nbrs):
@@ -108,8 +117,8 @@ def main():
 
     print(f"device {jax.devices()[0].platform}, dtype {'float64' if args.float64 else 'float32'}; "
           f"times: best of {args.repeats} rounds of 3 calls; ratios: median over rounds vs E+F")
-    print(f"{'potential':26s} {'N':>4s} {'E+F ms':>9s} {'Born ms':>9s} {'ratio':>6s} {'pair_vec ms':>12s} {'ratio':>6s} "
-          f"{'jax.hessian':>12s} {'ratio':>6s}")
+    print(f"{'potential':26s} {'N':>4s} {'E+F ms':>9s} {'Born ms':>9s} {'ratio':>6s} {'(x6) ms':>9s} {'ratio':>6s} "
+          f"{'pair_vec ms':>12s} {'ratio':>6s} {'(x6) ms':>9s} {'ratio':>6s} {'jax.hessian':>12s} {'ratio':>6s}")
     for name, make, atoms in cases:
         conf, _ = from_ase(atoms)
         pot = make()
@@ -118,10 +127,10 @@ def main():
             pot = pot.grow(conf, nbrs) if bool(pot.overflow(conf, nbrs)) else pot
         except OverflowError:
             pass
-        (t_ef, t_b, t_p, t_h), (_, r_b, r_p, r_h) = _interleaved([e_f, born, born_pairs, born_rev_rev], pot, conf,
-                                                                 nbrs, repeats=args.repeats)
-        print(f"{name:26s} {conf.n_atoms:4d} {1e3 * t_ef:9.2f} {1e3 * t_b:9.2f} {r_b:6.2f} {1e3 * t_p:12.2f} "
-              f"{r_p:6.2f} {1e3 * t_h:12.2f} {r_h:6.2f}")
+        (t_ef, t_b, t_b6, t_p, t_p6, t_h), (_, r_b, r_b6, r_p, r_p6, r_h) = _interleaved(
+            [e_f, born, born6, born_pairs, born_pairs6, born_rev_rev], pot, conf, nbrs, repeats=args.repeats)
+        print(f"{name:26s} {conf.n_atoms:4d} {1e3 * t_ef:9.2f} {1e3 * t_b:9.2f} {r_b:6.2f} {1e3 * t_b6:9.2f} {r_b6:6.2f} "
+              f"{1e3 * t_p:12.2f} {r_p:6.2f} {1e3 * t_p6:9.2f} {r_p6:6.2f} {1e3 * t_h:12.2f} {r_h:6.2f}")
 
 
 if __name__ == "__main__":

@@ -65,3 +65,17 @@ def test_contraction_equals_full_born_terms_in_value_and_gradient(name, method):
     scale = max(float(jnp.max(jnp.abs(a))) for a in leaves_full)
     for a, b in zip(leaves_full, leaves_cheap):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-8, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("method", ["affine", "pair_vectors"])
+def test_tangent_batch_does_not_change_the_result(method):
+    pot, frame, nbrs, cot = _setup("lennard_jones")
+    ref = ElasticConstants(symmetry="full", born_method=method, tangent_batch=6)
+    for batch in (1, 2, 3):
+        obs = ElasticConstants(symmetry="full", born_method=method, tangent_batch=batch)
+        np.testing.assert_allclose(np.asarray(obs.per_frame(pot, frame, nbrs)),
+                                   np.asarray(ref.per_frame(pot, frame, nbrs)), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(float(obs.contract(pot, frame, nbrs, cot)),
+                                   float(ref.contract(pot, frame, nbrs, cot)), rtol=1e-12)
+    with pytest.raises(ValueError, match="tangent_batch"):
+        ElasticConstants(symmetry="full", born_method=method, tangent_batch=4).per_frame(pot, frame, nbrs)
