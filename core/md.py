@@ -47,7 +47,18 @@ def init_carry(init: Callable, potential: Potential, conf: Configuration, masses
                skin: float = 0.5, capacity_factor: float = 1.3) -> Carry:
     """The Carry a fresh run starts from (also the template for loading a checkpointed Carry)."""
     nbrs = nb.allocate(conf.positions, conf.box, potential.cutoff, skin, capacity_factor)
-    return Carry(init(potential, conf, jnp.asarray(masses), sp, nbrs, key), nbrs, potential)
+    masses, sp = in_float_type(masses, sp, conf.positions.dtype)
+    return Carry(init(potential, conf, masses, sp, nbrs, key), nbrs, potential)
+
+
+def in_float_type(masses, sp: StatePoint, dtype) -> tuple[jnp.ndarray, StatePoint]:
+    """Masses and state point in the simulation's float type `dtype` (its positions').
+
+    Integrators combine them with the state (Maxwell–Boltzmann velocities √(kT/m), F/m kicks,
+    thermostat noise and chain masses ∝ kT); with 64-bit jax on, float64 masses (as ASE gives
+    them) or a StatePoint in jax's default float would promote a float32 state to float64 after
+    one step, and the scan over MD steps refuses a carry that changes type."""
+    return jnp.asarray(masses, dtype), StatePoint(sp.temperature, sp.pressure, dtype=dtype)
 
 
 def _advance(step, potential, state, nbrs, sp, n_steps):
@@ -109,6 +120,7 @@ def run(step: Callable, init: Callable, potential: Potential, conf: Configuratio
         state, nbrs = fresh.state, fresh.nbrs
     else:
         state, nbrs = restart.state, restart.nbrs
+    masses, sp = in_float_type(masses, sp, state.positions.dtype)
     species = conf.species
 
     eq_frames = int(math.ceil(n_equilibration_steps / max(steps_per_frame, 1))) if n_equilibration_steps else 0
@@ -167,5 +179,5 @@ def run(step: Callable, init: Callable, potential: Potential, conf: Configuratio
                 progress(done_steps / total_steps, f"{label} {phase} {done_steps}/{total_steps} steps, ETA {eta:.0f} s")
     cat = [jnp.concatenate([r[i] for r in records]) for i in range(4)]
     times = internal_to_ps(dt) * steps_per_frame * (jnp.arange(n_frames) + 1)
-    traj = Trajectory(cat[0], cat[1], cat[2], cat[3], times, species, jnp.asarray(masses), sp)
+    traj = Trajectory(cat[0], cat[1], cat[2], cat[3], times, species, masses, sp)
     return traj, Carry(state, nbrs, potential)

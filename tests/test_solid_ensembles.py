@@ -105,6 +105,32 @@ def test_protocol_npt_then_nvt_hands_state_on():
         run_protocol(pot, conf, masses, [stages[0], stages[0]], jax.random.PRNGKey(0))
 
 
+def test_float32_protocol_stays_float32_with_float64_masses_and_state_points():
+    """With 64-bit jax on (conftest), a float32 model and configuration run in float32 through
+    every stage and hand-over (NPT → Langevin → NVT in the mean NPT cell, as the liquid sections
+    do), although ASE's masses are float64 and StatePoint(T) defaults to float64: the MD driver
+    puts both in the configuration's float type (before, the first step promoted the state and
+    lax.scan failed with "carry input and carry output must have equal types")."""
+    f32 = jnp.float32
+    pot = PM.build("potential", "lennard_jones", {"epsilon": 0.0104, "sigma": 3.40},
+                   BuildContext(species=["Ar"], dtype=f32))
+    atoms = bulk("Ar", "fcc", a=5.27, cubic=True).repeat((2, 2, 2))
+    conf, _ = from_ase(atoms, dtype=f32)
+    masses = atoms.get_masses()  # float64 NumPy
+    run = {"timestep_fs": 5, "production_ps": 0.1, "sample_every_ps": 0.05, "chunk_frames": 2}
+    npt, nvt, lang = (PM.build("ensemble", n, run, BuildContext(dtype=f32))
+                      for n in ("npt_nose_hoover", "nvt_nose_hoover", "nvt_langevin"))
+    stages = [Stage("npt", npt, temperature_K=60.0), Stage("dynamics", lang, temperature_K=60.0),
+              Stage("nvt", nvt, temperature_K=60.0, cell_from="npt")]
+    res = run_protocol(pot, conf, masses, stages, jax.random.PRNGKey(0))
+    traj, _ = lang.sample(pot, conf, masses, StatePoint(60.0), jax.random.PRNGKey(1))
+    for t in [*res.trajectories.values(), traj]:
+        assert {t.positions.dtype, t.velocities.dtype, t.ref_energy.dtype, t.masses.dtype} == {np.dtype(f32)}
+        assert t.state.temperature.dtype == f32
+    floats = [x for x in jax.tree_util.tree_leaves(res.carry.state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert {x.dtype for x in floats} == {np.dtype(f32)}
+
+
 def _npt(T, P_gpa, production_ps, seed=0):
     pot = lj()
     conf, masses = fcc()
