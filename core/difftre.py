@@ -143,7 +143,14 @@ def _frame_eval(potential, observables, templates: NeighborTemplates, frame: Fra
 
 @eqx.filter_jit
 def _eval_all(potential, observables, templates, frames: Frame, batch_size: int):
-    return jax.lax.map(lambda f: _frame_eval(potential, observables, templates, f), frames, batch_size=batch_size)
+    # whole batches only (padding repeats the last frame; dropped after): for a remainder,
+    # jax.lax.map would compile a second copy of the per-frame evaluation
+    n = jax.tree_util.tree_leaves(frames)[0].shape[0]
+    pad = -n % batch_size
+    if pad:
+        frames = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), frames)
+    out = jax.lax.map(lambda f: _frame_eval(potential, observables, templates, f), frames, batch_size=batch_size)
+    return jax.tree_util.tree_map(lambda x: x[:n], out) if pad else out
 
 
 def evaluate_frames(potential: Potential, traj: Trajectory, observables: dict, templates: NeighborTemplates = None,
@@ -159,6 +166,7 @@ def evaluate_frames(potential: Potential, traj: Trajectory, observables: dict, t
     needed = {repr(float(potential.cutoff))} | {repr(_obs_cutoff(o, potential)) for o in observables.values()}
     if templates is None or not needed <= set(templates.lists):
         templates = allocate_templates(potential, traj, observables)
+    batch_size = max(1, min(batch_size, traj.n_frames))  # (a static argument: one program for all larger ones)
     for attempt in range(8):
         u, vals, flags = _eval_all(potential, observables, templates, traj.frames(), batch_size)
         bad = {k: np.asarray(v) for k, v in flags.items() if bool(jnp.any(v))}

@@ -310,10 +310,10 @@ class ExpTrainer:
         for pt in self.points:
             if pt.traj is None:
                 continue
-            dev = jax.devices()[0]  # state points may live on other devices after a sharded update
-            r = difftre.reweight(jax.device_put(self._for_point(pt, self.potential), dev), jax.device_put(pt.traj, dev),
-                                 pt.targets,
-                                 with_grad=False, templates=jax.device_put(pt.templates, dev),
-                                 batch_size=self.settings.reweight_batch)
+            # state points may live on other devices after a sharded update; on one device, no
+            # device_put: committed arguments would make jit compile the reweighting pass again
+            put = (lambda x: jax.device_put(x, jax.devices()[0])) if len(jax.devices()) > 1 else (lambda x: x)
+            r = difftre.reweight(put(self._for_point(pt, self.potential)), put(pt.traj), pt.targets,
+                                 with_grad=False, templates=put(pt.templates), batch_size=self.settings.reweight_batch)
             out[pt.name] = {t.name: np.asarray(r.estimates[t.name]).tolist() for t in pt.targets} | {"n_eff": r.n_eff}
         return out
