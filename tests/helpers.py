@@ -21,14 +21,16 @@ def argon_fcc(reps=2, a=5.26):
 
 def short_trajectory(potential, temperature=60.0, production_ps=2.0, seed=0, reps=2):
     conf, masses = argon_fcc(reps)
+    # chunks of 5 frames = the equilibration: one compiled MD chunk for the whole run
     ens = get_plugin_manager().build("ensemble", "nvt_langevin", {
         "timestep_fs": 5.0, "production_ps": production_ps, "equilibration_ps": 0.5, "sample_every_ps": 0.1,
-        "friction_per_ps": 2.0})
+        "friction_per_ps": 2.0, "chunk_frames": 5})
     traj, carry = ens.sample(potential, conf, masses, StatePoint(temperature), jax.random.PRNGKey(seed))
     return traj
 
 
-# a tiny LJ argon EXP spec and a fake finished run of it (for calculator/evaluation tests)
+# a tiny LJ argon EXP spec and a fake finished run of it (for calculator/evaluation tests); its
+# equilibration is as long as its production (10 frames each): one compiled MD chunk serves both
 SMALL_RUN_SPEC = """
 name: tiny
 seed: 3
@@ -38,7 +40,7 @@ potential: {name: lennard_jones, params: {epsilon: 0.0095, sigma: 3.35}}
 state_points:
   - name: cold
     temperature: 40
-    ensemble: {name: nvt_langevin, params: {timestep_fs: 5, production_ps: 1.0, equilibration_ps: 0.2, sample_every_ps: 0.1}}
+    ensemble: {name: nvt_langevin, params: {timestep_fs: 5, production_ps: 1.0, equilibration_ps: 1.0, sample_every_ps: 0.1}}
     targets:
       - observable: {name: pressure}
         value: 0.1

@@ -89,7 +89,7 @@ def test_md_temperature_and_nan_detection():
     conf, masses = argon_fcc(2)
     pm = get_plugin_manager()
     ens = pm.build("ensemble", "nvt_langevin", {"timestep_fs": 5, "production_ps": 3, "equilibration_ps": 1,
-                                                "sample_every_ps": 0.1})
+                                                "sample_every_ps": 0.1, "chunk_frames": 10})  # one chunk shape
     traj, carry = ens.sample(lj_argon(), conf, masses, StatePoint(50.0), jax.random.PRNGKey(0))
     ke = 0.5 * np.sum(np.asarray(masses)[None, :, None] * np.asarray(traj.velocities) ** 2, axis=(1, 2))
     t_kin = 2 * ke / (3 * conf.n_atoms * units.BOLTZMANN_EV_PER_K)

@@ -84,7 +84,7 @@ dft:
 state_points:
   - name: T60
     temperature: 60
-    ensemble: {{name: nvt_langevin, params: {{timestep_fs: 5, friction_per_ps: 2, equilibration_ps: 2, production_ps: 8, sample_every_ps: 0.1}}}}
+    ensemble: {{name: nvt_langevin, params: {{timestep_fs: 5, friction_per_ps: 2, equilibration_ps: 2, production_ps: 8, sample_every_ps: 0.1, chunk_frames: 20}}}}
     targets:
       - observable: {{name: pressure}}
         value: {target}

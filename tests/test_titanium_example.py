@@ -66,13 +66,16 @@ def _finite_numbers(obj):
 
 def smoke_spec(tmp_path: Path) -> Path:
     """quick_fused.yaml at a still smaller size: 24 configurations, 1 DFT epoch, one state point,
-    0.3 ps of MD, one fused epoch.  Same model, data, targets and trainer otherwise."""
+    0.36 ps of MD sampled every 0.03 ps, one fused epoch.  Same model, data, targets and trainer
+    otherwise.  Compilation dominates the cost, so the MD is shaped to compile little: 12 frames
+    (a whole number of reweighting batches of 4) and an equilibration as long as the production
+    (one MD chunk shape for both)."""
     spec = yaml.safe_load((EXAMPLE / "specs" / "quick_fused.yaml").read_text())
     spec["dft"]["data"]["paths"] = [str(EXAMPLE / "data" / "dft_chgnet")]
     spec["dft"]["data"]["max_samples"] = 24
     spec["dft"]["train"].update(epochs=1)
     sp = spec["state_points"][0]
-    sp["ensemble"]["params"].update(equilibration_ps=0.05, production_ps=0.3, sample_every_ps=0.03)
+    sp["ensemble"]["params"].update(equilibration_ps=0.36, production_ps=0.36, sample_every_ps=0.03)
     spec["state_points"] = [sp]
     spec["trainer"]["epochs"] = 1
     path = tmp_path / "smoke_fused.yaml"
