@@ -57,8 +57,9 @@ def test_contraction_equals_full_born_terms_in_value_and_gradient(name, method):
     def cheap(p):
         return obs.contract(eqx.combine(p, static), frame, nbrs, cot)
 
-    v_full, g_full = jax.value_and_grad(full)(params)
-    v_cheap, g_cheap = jax.value_and_grad(cheap)(params)
+    # jitted: op by op, these higher derivatives cost ~3x their compilation (EAM: 16 s vs 6 s)
+    v_full, g_full = jax.jit(jax.value_and_grad(full))(params)
+    v_cheap, g_cheap = jax.jit(jax.value_and_grad(cheap))(params)
     np.testing.assert_allclose(float(v_cheap), float(v_full), rtol=1e-10, atol=1e-14)
     leaves_full, leaves_cheap = jax.tree_util.tree_leaves(g_full), jax.tree_util.tree_leaves(g_cheap)
     assert len(leaves_full) == len(leaves_cheap) > 0
