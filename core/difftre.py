@@ -210,6 +210,7 @@ class ReweightResult:
     grad: object = None  # pytree like the potential (eqx.filter partition of arrays)
     templates: NeighborTemplates = None
     errors: dict = None  # block-average standard errors of the estimates (same units)
+    values: tuple = None  # (u (F,), {name: per-frame values}): the forward pass, for `reweight(values=...)`
 
 
 def _loss_from_arrays(observables, targets, beta, u_ref, frames, u, values):
@@ -220,13 +221,21 @@ def _loss_from_arrays(observables, targets, beta, u_ref, frames, u, values):
 
 
 def reweight(potential: Potential, traj: Trajectory, targets: list[Target], *, with_grad: bool = True,
-             templates: NeighborTemplates = None, batch_size: int = 8, n_blocks: int = 10) -> ReweightResult:
+             templates: NeighborTemplates = None, batch_size: int = 8, n_blocks: int = 10,
+             values: tuple = None) -> ReweightResult:
     """Reweighted estimates, loss, N_eff, block-average error bars (`n_blocks`, 0 = none) and
-    (optionally) ∇_θ loss for one state point."""
+    (optionally) ∇_θ loss for one state point.  `values`: the `.values` of an earlier result for
+    the same potential, trajectory and targets (skips the forward pass; e.g. the gradient pass
+    after a forward-only reuse test)."""
     observables = {t.name: t.observable for t in targets}
-    u, vals, templates = evaluate_frames(potential, traj, observables, templates, batch_size)
-    for t in targets:  # keep observables whose buffers grew
-        t.observable = observables[t.name]
+    if values is None:
+        u, vals, templates = evaluate_frames(potential, traj, observables, templates, batch_size)
+        for t in targets:  # keep observables whose buffers grew
+            t.observable = observables[t.name]
+    else:
+        u, vals = values
+        if templates is None:
+            templates = allocate_templates(potential, traj, observables)
     if not bool(jnp.all(jnp.isfinite(u))):
         raise FloatingPointError("reweighting: non-finite energies on frames " + str(np.flatnonzero(~np.isfinite(np.asarray(u)))[:10]))
     beta = 1.0 / traj.state.kT
@@ -240,7 +249,7 @@ def reweight(potential: Potential, traj: Trajectory, targets: list[Target], *, w
     errors = block_errors(observables, np.asarray(w), vals, frames, n_blocks) if n_blocks else None
     return ReweightResult(float(loss), {k: float(v) for k, v in terms.items()},
                           {k: np.asarray(v) for k, v in est.items()}, np.asarray(w), float(effective_sample_size(w)),
-                          grad, templates, errors)
+                          grad, templates, errors, (u, vals))
 
 
 def block_errors(observables: dict, weights, values: dict, frames: Frame, n_blocks: int = 10) -> dict:

@@ -142,7 +142,7 @@ class ExpTrainer:
                                  with_grad=False)
             if r.n_eff / pt.traj.n_frames >= tr.reuse_threshold:
                 r = difftre.reweight(potential, pt.traj, pt.targets, templates=r.templates,
-                                     batch_size=tr.reweight_batch)
+                                     batch_size=tr.reweight_batch, values=r.values)
             else:
                 pt.templates, r = r.templates, None
             t_rew += time.perf_counter() - t0
