@@ -37,6 +37,12 @@ class SumPotential(Potential):
     def resized(self, conf, nbrs):
         return SumPotential(self.model.resized(conf, nbrs), self.prior.resized(conf, nbrs))
 
+    def merged(self, other):
+        if not isinstance(other, SumPotential):
+            return None
+        model, prior = self.model.merged(other.model), self.prior.merged(other.prior)
+        return None if model is None or prior is None else SumPotential(model, prior)
+
     def grow(self, conf, nbrs):
         out = self
         if bool(self.model.overflow(conf, nbrs)):

@@ -48,6 +48,18 @@ class Potential(eqx.Module):
         no buffers, returns self.  Overflow during MD still grows the copy (`grow`)."""
         return self
 
+    def merged(self, other: "Potential") -> Optional["Potential"]:
+        """Host-side: a copy (parameters of self) whose buffers hold the workloads of both self
+        and `other`, two versions of this model that may differ in buffer sizes (`resized`,
+        `grow`); None when no such copy can be formed.
+
+        The EXP trainer gives every state point of the same system size one merged structure,
+        so that MD and reweighting compile once for all of them instead of once per state
+        point.  Potentials with buffers override it (e.g. the larger of each capacity).
+        Default: self when the two have the same static structure, else None."""
+        same = jax.tree_util.tree_structure(self) == jax.tree_util.tree_structure(other)
+        return self if same else None
+
 
 class StatePoint(eqx.Module):
     """Thermodynamic state handed to ensembles and observables (internal units)."""

@@ -115,3 +115,83 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     a, b = np.load(full / "final_potential.npz"), np.load(cut / "final_potential.npz")
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+
+TWO_BOXES_DIMENET = """
+name: shared_structure
+seed: 0
+dtype: float32
+system: {crystal: {element: Ti, structure: hcp, a: 2.95, c: 4.68, orthorhombic: true}, supercell: [2, 1, 1]}
+potential:
+  name: dimenet_pp
+  params: {embed_size: 8, out_embed_size: 8, type_embed_size: 4, int_embed_size: 4, basis_embed_size: 2,
+           n_interaction_blocks: 1, n_residual_after_skip: 1, n_dense_output: 1}
+state_points:
+  - name: dense
+    temperature: 300
+    box: {lattice: {a: 2.80, c: 4.45}}
+    ensemble: {name: nvt_langevin, params: {timestep_fs: 1, production_ps: 0.01, sample_every_ps: 0.005}}
+    targets: [{observable: {name: pressure}, value: 0.0, unit: GPa, uncertainty: 1.0}]
+  - name: loose
+    temperature: 900
+    box: {lattice: {a: 3.10, c: 4.92}}
+    ensemble: {name: nvt_langevin, params: {timestep_fs: 1, production_ps: 0.01, sample_every_ps: 0.005}}
+    targets: [{observable: {name: pressure}, value: 0.0, unit: GPa, uncertainty: 1.0}]
+trainer: {kind: exp, updates: 1}
+optimizer: {name: adam, learning_rate: 0.001}
+"""
+
+
+def test_state_points_of_one_system_size_share_one_buffer_structure(tmp_path):
+    """Same atoms, different boxes → one merged DimeNet++ structure (the larger of each
+    capacity), so MD and reweighting compile once for both state points instead of once each;
+    a buffer grown by MD at one state point reaches the other.  (Host-side sizing only, no MD.)"""
+    import dataclasses
+
+    import jax
+    import yaml
+
+    from fusepot.core import neighbors as nb
+    from fusepot.core.spec import parse_spec
+    from fusepot.core.trainers.exp import ExpTrainer
+
+    trainer = ExpTrainer(parse_spec(yaml.safe_load(TWO_BOXES_DIMENET)), tmp_path, tmp_path / "out")
+    dense, loose = trainer.points
+    own = {}
+    for pt in (dense, loose):
+        nbrs = nb.allocate(pt.conf.positions, pt.conf.box, trainer.potential.cutoff, skin=0.0)
+        own[pt.name] = trainer.potential.resized(pt.conf, nbrs)
+    assert own["dense"].edge_capacity > own["loose"].edge_capacity  # the boxes really differ
+    trainer._for_point(loose, trainer.potential)
+    assert dense.structure is loose.structure
+    assert (dense.structure.max_neighbors, dense.structure.edge_capacity) == (
+        max(own["dense"].max_neighbors, own["loose"].max_neighbors), own["dense"].edge_capacity)
+    # growth during MD at one state point (the sampler hands back a grown copy) reaches the other
+    grown = dataclasses.replace(loose.structure, max_neighbors=loose.structure.max_neighbors + 3)
+    loose.structure = grown
+    trainer._share_structure(loose)
+    assert dense.structure is loose.structure
+    assert (dense.structure.max_neighbors, dense.structure.edge_capacity) == (grown.max_neighbors, own["dense"].edge_capacity)
+    used = trainer._for_point(dense, trainer.potential)
+    assert jax.tree_util.tree_structure(used) == jax.tree_util.tree_structure(trainer._for_point(loose, trainer.potential))
+
+
+def test_potential_merged():
+    """Potential.merged: without buffers → self; DimeNet++ → larger capacities, None when either
+    derives its capacities from the neighbor list (0) or the other is not a DimeNet++."""
+    import dataclasses
+
+    from fusepot.core.plugins import BuildContext, get_plugin_manager
+
+    pm = get_plugin_manager()
+    lj = pm.build("potential", "lennard_jones", {"epsilon": 0.01, "sigma": 3.4}, BuildContext(species=["Ar"]))
+    assert lj.merged(lj) is lj
+    net = pm.build("potential", "dimenet_pp", {"embed_size": 8, "out_embed_size": 8, "type_embed_size": 4,
+                                               "int_embed_size": 4, "basis_embed_size": 2, "n_interaction_blocks": 1},
+                   BuildContext(species=["Ti"]))
+    a = dataclasses.replace(net, max_neighbors=20, edge_capacity=300)
+    b = dataclasses.replace(net, max_neighbors=25, edge_capacity=200)
+    m = a.merged(b)
+    assert (m.max_neighbors, m.edge_capacity) == (25, 300) and m.merged(a) is not None
+    assert net.merged(a) is None and a.merged(lj) is None and lj.merged(a) is None

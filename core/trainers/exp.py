@@ -93,6 +93,7 @@ class ExpTrainer:
         self.lr_scale = 1.0
         self.failures = 0
         self._before_step = None
+        self._share_now = True
 
     # -- sampling ------------------------------------------------------------------------------
     def _sample(self, pt: StatePointRun, key, potential) -> float:
@@ -102,6 +103,8 @@ class ExpTrainer:
         if carry is not None and getattr(carry, "potential", None) is not None:
             # the sampler may have grown internal buffers (static structure, same parameters)
             pt.structure = carry.potential
+            if self._share_now:
+                self._share_structure(pt)
             potential = with_structure(potential, pt.structure)
         # U_ref recomputed by the reweighting code path itself, so that weights are exactly 1/N at θ = θ̂
         u, _, templates = difftre.evaluate_frames(potential, traj, {}, pt.templates, self.settings.reweight_batch)
@@ -120,9 +123,31 @@ class ExpTrainer:
         padding.  First use: `Potential.resized` on the state point's configuration; after
         that the structure the MD left (grown on overflow, never dropped)."""
         if pt.structure is None:
-            nbrs = nb.allocate(pt.conf.positions, pt.conf.box, potential.cutoff, skin=0.0)
-            pt.structure = potential.resized(pt.conf, nbrs)
+            # all state points at once, so that those of one system size start with one structure
+            fresh = [p for p in self.points if p.structure is None]
+            for p in fresh:
+                nbrs = nb.allocate(p.conf.positions, p.conf.box, potential.cutoff, skin=0.0)
+                p.structure = potential.resized(p.conf, nbrs)
+            for p in fresh:
+                self._share_structure(p)
         return with_structure(potential, pt.structure)
+
+    def _share_structure(self, pt: StatePointRun) -> None:
+        """Give `pt`'s structure, merged with theirs (`Potential.merged`: the larger buffers), to
+        every state point whose system has the same shape and species: one compiled MD chunk
+        and one compiled reweighting pass serve them all (the paper's four temperatures differ
+        only in box and temperature, which are traced).  A potential that cannot merge keeps
+        one structure per state point."""
+        group = [p for p in self.points if p.structure is not None and p.conf.positions.shape == pt.conf.positions.shape
+                 and np.array_equal(np.asarray(p.conf.species), np.asarray(pt.conf.species))]
+        merged = pt.structure
+        for p in group:
+            if p is not pt:
+                merged = merged.merged(p.structure)
+                if merged is None:
+                    return
+        for p in group:
+            p.structure = merged
 
     def _process_point(self, pt: StatePointRun, key, potential, device=None):
         """Sample-or-reuse, reweight and differentiate one state point (runs on `device`)."""
@@ -174,7 +199,13 @@ class ExpTrainer:
         self.key = keys[0]
         devices = jax.devices()
         record = {"update": self.update_index + 1, "state_points": {}}
-        if len(devices) > 1 and len(self.points) > 1:
+        for pt in self.points:  # host-side buffer sizing before any worker starts
+            self._for_point(pt, self.potential)
+        threaded = len(devices) > 1 and len(self.points) > 1
+        # sharing a grown structure between state points mutates the other points: in the threaded
+        # path only after all workers are done (run-to-run determinism)
+        self._share_now = not threaded
+        if threaded:
             # state points are independent: one worker thread per device (JAX releases the GIL while computing)
             from concurrent.futures import ThreadPoolExecutor
 
@@ -185,6 +216,9 @@ class ExpTrainer:
             outs = [(rec, dataclasses.replace(r, grad=jax.device_put(r.grad, devices[0])), p) for rec, r, p in outs]
         else:
             outs = [self._process_point(pt, keys[i + 1], self.potential) for i, pt in enumerate(self.points)]
+        if threaded:
+            for pt in self.points:
+                self._share_structure(pt)
         results = []
         params, static = trainable(self.potential)
         for pt, (rec, r, used) in zip(self.points, outs):

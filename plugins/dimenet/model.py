@@ -184,6 +184,19 @@ class DimeNetPP(Potential):
         """Capacities sized for `conf` (Potential interface; see `sized_for`)."""
         return self.sized_for(conf, nbrs)
 
+    def merged(self, other: "DimeNetPP") -> Optional["DimeNetPP"]:
+        """Host-side: a copy (parameters of self) with the larger of each capacity of self and
+        `other` (Potential interface); None when other is not a version of this model or either
+        derives its capacities from the neighbor list (0)."""
+        if not isinstance(other, DimeNetPP) or 0 in (self.max_neighbors, self.edge_capacity, other.max_neighbors,
+                                                      other.edge_capacity):
+            return None
+        out = dataclasses.replace(self, max_neighbors=max(self.max_neighbors, other.max_neighbors),
+                                  edge_capacity=max(self.edge_capacity, other.edge_capacity))
+        like = dataclasses.replace(other, max_neighbors=out.max_neighbors, edge_capacity=out.edge_capacity)
+        same = jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(like)
+        return out if same else None
+
     def grow(self, conf: Configuration, nbrs: NeighborList) -> "DimeNetPP":
         """Host-side: a copy (same parameters) with both capacities at least 20 % larger.
 
