@@ -73,11 +73,53 @@ def test_spherical_bessel_closed_forms_match_scipy():
         assert np.all(np.diff(z[l]) > 0)
 
 
-def test_legendre_monomials_match_recurrence():
-    c = jnp.linspace(-1, 1, 101)
-    a = basis.legendre_monomial_coefficients(7)
-    mono = jnp.stack([c**k for k in range(7)], -1) @ jnp.asarray(a).T
-    np.testing.assert_allclose(np.asarray(mono), np.asarray(basis.legendre_harmonics(c, 7)), atol=1e-12)
+def test_harmonic_features_reproduce_legendre_polynomials():
+    """P_l(u·v) = f_l(u)·f_l(v) on the unit sphere with 2l+1 features per l (addition theorem)."""
+    rng = np.random.default_rng(7)
+    u, v = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in rng.normal(size=(2, 200, 3)))
+    fu, fv = (np.asarray(basis.harmonic_features(jnp.asarray(x), 7)) for x in (u, v))
+    assert fu.shape == (200, 49)
+    ref = np.asarray(basis.legendre_harmonics(jnp.asarray(np.sum(u * v, axis=1)), 7))
+    off = 0
+    for l in range(7):
+        got = np.sum(fu[:, off:off + 2 * l + 1] * fv[:, off:off + 2 * l + 1], axis=1) * np.sqrt((2 * l + 1) / (4 * np.pi))
+        np.testing.assert_allclose(got, ref[:, l], atol=1e-12)
+        off += 2 * l + 1
+
+
+def test_triplet_aggregation_equals_the_explicit_triplet_sum():
+    """The per-atom moment contraction (model.triplet_aggregate) equals the plain DimeNet sum over
+    triplets: for edge p = (i -> j), Σ over edges q = (j -> k) except the back edge (j -> i, same
+    image) of Σ_l Y_l^0(α_pq) b[q, l] — in a small cell where pairs recur through several images."""
+    from fusepot.plugins.dimenet.graph import build_graph
+    from fusepot.plugins.dimenet.model import triplet_aggregate, triplet_features
+
+    atoms = ase.build.bulk("Ti", "hcp", a=2.95, c=4.68)  # 2 atoms: each pair appears many times
+    atoms.rattle(0.1, seed=2)
+    conf, _ = from_ase(atoms)
+    nbrs = nb.allocate(conf.positions, conf.box, 5.0, 0.0)
+    g = build_graph(conf, nbrs, 5.0, 64, 256)
+    assert not bool(g.max_degree > 64) and int(g.n_edges) <= 256
+    n_l, n_i = 7, 3
+    b = jnp.asarray(np.random.default_rng(0).normal(size=(256, n_l, n_i)))
+    r = jnp.sqrt(jnp.where(g.valid, jnp.sum(g.d ** 2, axis=-1), 1.0))
+    got = np.asarray(triplet_aggregate(b, triplet_features(g.d / r[:, None], g, n_l), g))
+
+    d, valid = np.asarray(g.d), np.asarray(g.valid)
+    centre, neighbor, bb = np.asarray(g.centre), np.asarray(g.neighbor), np.asarray(b)
+    unit = d / np.where(valid, np.linalg.norm(d, axis=1), 1.0)[:, None]
+    n_triplets = 0
+    for p in np.flatnonzero(valid):
+        i, j = centre[p], neighbor[p]
+        ref = np.zeros(n_i)
+        for q in np.flatnonzero(valid & (centre == j)):
+            if neighbor[q] == i and np.allclose(d[q], -d[p]):
+                continue  # the back edge
+            y = np.asarray(basis.legendre_harmonics(jnp.asarray(unit[p] @ unit[q]), n_l))
+            ref += y @ bb[q]
+            n_triplets += 1
+        np.testing.assert_allclose(got[p], ref, rtol=1e-10, atol=1e-10)
+    assert n_triplets > 1000
 
 
 def test_envelope_and_basis_vanish_smoothly_at_cutoff():

@@ -13,9 +13,9 @@ incoming edges (i -> j).
 Triplets.  DimeNet aggregates into edge ji the messages of the edges kj (centre j, k ≠ the
 image of i).  For atom j these are all pairs (p, q) of (incoming edge p, outgoing slot q)
 except the back edge, whose out slot is recorded per in slot (`back_edge`, `has_back`).  The
-model never forms the N·K² triplet block: cos(α_pq)^k = (u_p·u_q)^k factorises into
-per-edge monomials of the unit vectors, so the sum over q is a per-atom moment (linear in K)
-and the back edge is subtracted explicitly (see `model.InteractionBlock`).  No N×N array
+model never forms the N·K² triplet block: P_l(u_p·u_q) factorises into per-edge harmonic
+features of the unit vectors (addition theorem), so the sum over q is a per-atom moment
+(linear in K) and the back edge is subtracted explicitly (see `model.triplet_aggregate`).  No N×N array
 is formed either.
 
 Capacity.  E_cap and K (max edges per atom within the cutoff, in and out) are static.  When

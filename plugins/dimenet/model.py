@@ -56,6 +56,44 @@ class Residual(eqx.Module):
         return x + swish(self.second(swish(self.first(x))))
 
 
+def triplet_features(unit, g: Graph, n_spherical: int):
+    """Per-slot features for `triplet_aggregate` from the unit edge vectors (E, 3):
+    (f_out (N,K,F): harmonic features of the out slots (zero where invalid), f_in (N,K,F):
+    those of the in slots scaled by sqrt((2l+1)/4π), y_back (N,K,L): Y_l^0 of the angle
+    between each in slot and its back edge (zero without one))."""
+    dtype = unit.dtype
+    feat = basis.harmonic_features(unit, n_spherical)  # (E, F), F = Σ (2l+1)
+    norms = jnp.asarray(np.repeat([math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(n_spherical)],
+                                  [2 * l + 1 for l in range(n_spherical)]), dtype)
+    f_out = jnp.where(g.valid_out[:, :, None], feat[g.out_edge], 0.0)
+    f_in = (feat * norms)[g.in_edge]
+    cos_back = jnp.sum(unit[g.in_edge] * unit[g.back_edge], axis=-1)
+    y_back = basis.legendre_harmonics(cos_back, n_spherical) * g.has_back[:, :, None].astype(dtype)
+    return f_out, f_in, y_back
+
+
+def triplet_aggregate(b, tri, g: Graph):
+    """Σ_{q ≠ back(p)} Σ_l Y_l^0(α_pq) b[q, l] for every edge p = ji, over the out edges q = kj of
+    atom j (k ≠ the image of i), as a compact (E, I) array; b (E, L, I).
+
+    Y_l^0(α_pq) = sqrt((2l+1)/4π) P_l(u_p·u_q) = sqrt((2l+1)/4π) f_l(u_p)·f_l(u_q) (addition
+    theorem, `basis.harmonic_features`), so the sum over q is a per-atom moment
+    A_j,l = Σ_q f_l(u_q) ⊗ b[q, l] (linear in K), contracted with each in slot's features; the
+    back edge (included in the moment) is subtracted explicitly.  Never forms the N·K² triplets.
+    """
+    f_out, f_in, y_back = tri
+    n, k = g.out_edge.shape
+    b_out = b[g.out_edge]  # (N, K, L, I); invalid slots have zero features
+    moments, off = [], 0
+    for l in range(b.shape[1]):
+        moments.append(jnp.einsum("jqc,jqi->jci", f_out[:, :, off:off + 2 * l + 1], b_out[:, :, l, :]))
+        off += 2 * l + 1
+    moments = jnp.concatenate(moments, axis=1)  # (N, F, I)
+    agg_in = jnp.einsum("jpc,jci->jpi", f_in, moments)
+    agg_in = agg_in - jnp.einsum("jpl,jpli->jpi", y_back, b[g.back_edge])
+    return agg_in.reshape(n * k, -1)[g.in_position]  # back to the compact edge
+
+
 class InteractionBlock(eqx.Module):
     rbf1: Dense  # R -> basis embed
     rbf2: Dense  # basis embed -> H
@@ -70,39 +108,22 @@ class InteractionBlock(eqx.Module):
     after_skip: tuple
 
     def sbf_weight(self, n_spherical: int, n_radial: int):
-        """(L·R, L·I): W_sbf1 @ W_sbf2 with the Legendre coefficients folded in, so that the
-        per-edge product sph @ W gives the coefficients of cos(α)^k, k < L, per int channel."""
+        """(L·R, L·I): W_sbf1 @ W_sbf2 arranged block-diagonally in l, so that the per-edge
+        product sph @ W gives the coefficient of Y_l^0(α) per l and int channel."""
         w = (self.sbf1.weight @ self.sbf2.weight).reshape(n_spherical, n_radial, -1)  # (l, n, i)
-        a = jnp.asarray(basis.legendre_monomial_coefficients(n_spherical), w.dtype)  # (l, k)
-        return jnp.einsum("lni,lk->lnki", w, a).reshape(n_spherical * n_radial, -1)
+        eye = jnp.eye(n_spherical, dtype=w.dtype)
+        return jnp.einsum("lni,lk->lnki", w, eye).reshape(n_spherical * n_radial, -1)
 
     def __call__(self, m, rbf_h, sbf_k, tri, g: Graph):
         """m (E,H) edge messages; rbf_h (E,H) = e_RBF @ W_rbf1 @ W_rbf2; sbf_k (E,L,I) = per-edge
-        coefficients of cos(α)^k (`sbf_weight`); tri = (monomials of the out slots (N,K,M),
-        multinomial-weighted monomials of the in slots (N,K,M), cos(α)^k of each in slot's back
-        edge (N,K,L), masked)."""
-        n, k = g.out_edge.shape
-        u_out, u_in, back_powers = tri
-        n_l = sbf_k.shape[1]
+        coefficients of Y_l^0(α) (`sbf_weight`); tri: see `triplet_features`."""
         hdim = m.shape[-1]
         x = m @ jnp.concatenate([self.ji.weight, self.kj.weight], axis=1) + jnp.concatenate([self.ji.bias, self.kj.bias])
         x_ji = swish(x[:, :hdim])
         x_kj = swish(x[:, hdim:]) * rbf_h
         x_kj = swish(self.down(x_kj))  # (E, I)
-        b = sbf_k * x_kj[:, None, :]  # (E, L, I): coefficient of cos^k for the kj edge
-        # Σ_{q ≠ back} Σ_k cos(α_pq)^k b[q, k] for incoming edge p of atom j.  cos(α_pq)^k =
-        # Σ_terms coef · mono(u_p) · mono(u_q), so the sum over the out slots q is a per-atom
-        # moment A_j = Σ_q mono(u_q) ⊗ b[q] (linear in K), contracted with each in slot's
-        # monomials; the back edge (included in the moment) is subtracted explicitly.
-        b_out = b[g.out_edge]  # (N, K, L, I); invalid slots have zero monomials
-        moments, off = [], 0
-        for kk, terms in enumerate(basis.tensor_power_terms(n_l)):
-            moments.append(jnp.einsum("jqc,jqi->jci", u_out[:, :, off:off + len(terms)], b_out[:, :, kk, :]))
-            off += len(terms)
-        moments = jnp.concatenate(moments, axis=1)  # (N, M, I)
-        agg_in = jnp.einsum("jpc,jci->jpi", u_in, moments)
-        agg_in = agg_in - jnp.einsum("jpk,jpki->jpi", back_powers, b[g.back_edge])
-        agg = agg_in.reshape(n * k, -1)[g.in_position]  # back to the compact edge
+        b = sbf_k * x_kj[:, None, :]  # (E, L, I): coefficient of Y_l^0(α) for the kj edge
+        agg = triplet_aggregate(b, tri, g)
         h = x_ji + swish(self.up(agg))
         for layer in self.before_skip:
             h = layer(h)
@@ -230,17 +251,8 @@ class DimeNetPP(Potential):
                       for blk in model.interactions]
 
         # triplet angles α between d_ji (in slot p of atom j) and d_kj (out slot q of atom j),
-        # factorised into per-edge monomials of the unit vectors (basis.tensor_power_terms)
-        unit = g.d / r[:, None]
-        mono = basis.unit_monomials(unit, self.n_spherical)  # (E, M)
-        coef = jnp.asarray([c for terms in basis.tensor_power_terms(self.n_spherical) for _, c in terms], dtype)
-        u_out = jnp.where(g.valid_out[:, :, None], mono[g.out_edge], 0.0)
-        u_in = (mono * coef)[g.in_edge]
-        cos_back = jnp.sum(unit[g.in_edge] * unit[g.back_edge], axis=-1)
-        cb = [g.has_back.astype(dtype)]
-        for _ in range(1, self.n_spherical):
-            cb.append(cb[-1] * cos_back)
-        tri = (u_out, u_in, jnp.stack(cb, axis=-1))
+        # through per-edge harmonic features of the unit vectors (addition theorem)
+        tri = triplet_features(g.d / r[:, None], g, self.n_spherical)
 
         # embedding block: σ(W [h_i, h_j, σ(W_rbf e_RBF)] + b), the concat done as split matmuls
         h = model.species_embedding[conf.species]
