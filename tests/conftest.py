@@ -28,3 +28,13 @@ def _release_compiled_code():
     segfaults).  Modules share no compiled functions worth keeping."""
     yield
     jax.clear_caches()
+
+
+# files that take a large share of the suite: handed to a worker first (pytest-xdist gives out
+# whole files in collection order), so that they do not run alone at the end
+LONG_FILES = ("test_titanium_example.py", "test_exp_trainer.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: order kept otherwise
