@@ -92,7 +92,7 @@ def test_triplet_aggregation_equals_the_explicit_triplet_sum():
     triplets: for edge p = (i -> j), Σ over edges q = (j -> k) except the back edge (j -> i, same
     image) of Σ_l Y_l^0(α_pq) b[q, l] — in a small cell where pairs recur through several images."""
     from fusepot.plugins.dimenet.graph import build_graph
-    from fusepot.plugins.dimenet.model import triplet_aggregate, triplet_features
+    from fusepot.plugins.dimenet.model import to_slots, triplet_aggregate, triplet_features
 
     atoms = ase.build.bulk("Ti", "hcp", a=2.95, c=4.68)  # 2 atoms: each pair appears many times
     atoms.rattle(0.1, seed=2)
@@ -103,7 +103,9 @@ def test_triplet_aggregation_equals_the_explicit_triplet_sum():
     n_l, n_i = 7, 3
     b = jnp.asarray(np.random.default_rng(0).normal(size=(256, n_l, n_i)))
     r = jnp.sqrt(jnp.where(g.valid, jnp.sum(g.d ** 2, axis=-1), 1.0))
-    got = np.asarray(triplet_aggregate(b, triplet_features(g.d / r[:, None], g, n_l), g))
+    assert bool(g.paired)
+    b_slots = to_slots(b, g)  # (N, K, L, I)
+    got = np.asarray(triplet_aggregate(b_slots, triplet_features(g.d / r[:, None], g, n_l), g))
 
     d, valid = np.asarray(g.d), np.asarray(g.valid)
     centre, neighbor, bb = np.asarray(g.centre), np.asarray(g.neighbor), np.asarray(b)
@@ -120,6 +122,35 @@ def test_triplet_aggregation_equals_the_explicit_triplet_sum():
             n_triplets += 1
         np.testing.assert_allclose(got[p], ref, rtol=1e-10, atol=1e-10)
     assert n_triplets > 1000
+
+
+def test_reverse_edge_pairing_holds_in_small_and_triclinic_cells_and_a_missing_reverse_gives_nan():
+    """Every active edge (i, j, n) finds its reverse (j, i, −n) (the triplet layout relies on it),
+    in a 2-atom cell whose pairs recur through many images and in a sheared cell; a list that
+    lost one direction of a pair makes the energy NaN instead of a silently wrong number."""
+    from fusepot.plugins.dimenet.graph import build_graph
+
+    sheared = ase.build.bulk("Ti", "bcc", a=3.3).repeat((2, 2, 1))
+    sheared.set_cell(sheared.cell[:] @ np.array([[1, 0.2, 0.1], [0, 1, 0.15], [0, 0, 1]]), scale_atoms=True)
+    for atoms in (ase.build.bulk("Ti", "hcp", a=2.95, c=4.68), sheared):
+        atoms.rattle(0.1, seed=5)
+        conf, _ = from_ase(atoms)
+        nbrs = nb.allocate(conf.positions, conf.box, 4.0, 0.3)
+        g = build_graph(conf, nbrs, 4.0, 64, 512)
+        assert bool(g.paired) and not bool(g.max_degree > 64) and int(g.n_edges) <= 512
+        # in_position maps every edge to the slot of an edge pointing back: (j -> i) with −d
+        valid = np.asarray(g.valid)
+        slot_edge = np.asarray(g.out_edge).reshape(-1)[np.asarray(g.in_position)]
+        assert np.all(np.asarray(g.centre)[slot_edge][valid] == np.asarray(g.neighbor)[valid])
+        np.testing.assert_array_equal(np.asarray(g.d)[slot_edge][valid], -np.asarray(g.d)[valid])
+    conf = random_conf(0)
+    nbrs = nbrs_for(conf)
+    pot = build()
+    assert np.isfinite(float(_energy(pot, conf, nbrs)))
+    d = np.asarray(nbrs.vectors(conf.positions, conf.box))
+    active = np.flatnonzero(np.asarray(nbrs.mask) & (np.sum(d * d, axis=1) < SMALL["cutoff"] ** 2))
+    one_way = eqx.tree_at(lambda n: n.mask, nbrs, nbrs.mask.at[active[0]].set(False))
+    assert np.isnan(float(_energy(pot, conf, one_way)))
 
 
 def test_envelope_and_basis_vanish_smoothly_at_cutoff():
@@ -273,6 +304,9 @@ def test_overflow_is_flagged_and_grow_fixes_it_with_identical_parameters():
             assert bigger.max_neighbors > pot.max_neighbors or bigger.edge_capacity > pot.edge_capacity
             pot = bigger
         assert not bool(pot.overflow(conf, nbrs))
+        # only the capacity that overflowed grew (padding costs as much as used rows)
+        kept = "max_neighbors" if "edge_capacity" in small else "edge_capacity"
+        assert getattr(pot, kept) == getattr(ref, kept)
         leaves, ref_leaves = jax.tree_util.tree_leaves(pot), jax.tree_util.tree_leaves(ref)
         assert len(leaves) == len(ref_leaves) and all(bool(jnp.all(a == b)) for a, b in zip(leaves, ref_leaves))
     # the grown model (its K differs from ref's, so this compiles once more) gives ref's energy

@@ -4,24 +4,31 @@ Edge e = (i, j) from the fusepot neighbor list (i = `senders`, j = `receivers`) 
 message m_ji from neighbor j to centre i; its vector is d_e = r_j − r_i + n·box.  Only pairs
 with r < cutoff are active (the list also holds pairs out to cutoff + skin).
 
-Layout.  Active edges are compacted into an edge list of static size E_cap, sorted by centre
-(stable argsort + cumsum offsets); per-edge work (dense layers, bases) runs on that list.
-For the triplets, slot (j, q) of an (N, K) array is the q-th edge of centre j (a contiguous
-range of the sorted list), and a second sort by neighbor gives, for every atom j, its K
-incoming edges (i -> j).
+Layout.  Active edges are compacted into an edge list of static size E_cap, sorted by
+(centre, neighbor, image shift); per-edge work (dense layers, bases) runs on that list.  For the
+triplets, slot (j, q) of an (N, K) array is the q-th edge of centre j (a contiguous range of the
+sorted list).
+
+Reverse edges.  The neighbor list is full and exactly symmetric: with (i, j, n) it holds
+(j, i, −n), whose vector is exactly −d_e (negation is exact in floating point), so both are
+active or neither is.  Sorting the compact edges once more by (neighbor, centre, −shift) lists
+their reverses in compact order: that permutation is `rev`.  The edges entering atom j are the
+reverses of j's out slots, in the same order, so one (N, K) layout serves both ends of a
+triplet: in slot (j, p) is edge rev(out_edge[j, p]), and its back edge (j → i, same image) is
+out slot (j, p) itself.
 
 Triplets.  DimeNet aggregates into edge ji the messages of the edges kj (centre j, k ≠ the
-image of i).  For atom j these are all pairs (p, q) of (incoming edge p, outgoing slot q)
-except the back edge, whose out slot is recorded per in slot (`back_edge`, `has_back`).  The
-model never forms the N·K² triplet block: P_l(u_p·u_q) factorises into per-edge harmonic
-features of the unit vectors (addition theorem), so the sum over q is a per-atom moment
-(linear in K) and the back edge is subtracted explicitly (see `model.triplet_aggregate`).  No N×N array
-is formed either.
+image of i): all pairs (p, q) of j's slots except q = p.  The model never forms the N·K²
+triplet block: P_l(u_p·u_q) factorises into per-edge harmonic features of the unit vectors
+(addition theorem), so the sum over q is a per-atom moment (linear in K) and the back edge
+(q = p, angle exactly 180°) is subtracted explicitly (see `model.triplet_aggregate`).  No N×N
+array is formed either.
 
-Capacity.  E_cap and K (max edges per atom within the cutoff, in and out) are static.  When
-the active edges exceed E_cap or an atom has more than K, `DimeNetPP.overflow` is True: edges
-or triplets would not fit and the caller must grow (`DimeNetPP.grow`).  Nothing is dropped
-silently.
+Capacity.  E_cap and K (max edges per atom within the cutoff) are static.  When the active
+edges exceed E_cap or an atom has more than K, `DimeNetPP.overflow` is True: edges or triplets
+would not fit and the caller must grow (`DimeNetPP.grow`).  Nothing is dropped silently.  An
+edge without its reverse (impossible for a full list built by `core.neighbors`) makes
+`paired` False and the model's energy NaN rather than a silently wrong number.
 """
 from __future__ import annotations
 
@@ -35,23 +42,24 @@ import numpy as np
 from fusepot.core.neighbors import NeighborList
 from fusepot.core.system import Configuration
 
+# image shifts enter the sort key as integers in [-_SHIFT_BOUND, _SHIFT_BOUND] (a cell would
+# need a 1/512-cutoff width to exceed it; a clipped shift breaks the pairing check, never silently)
+_SHIFT_BOUND = 512
+
 
 class Graph(eqx.Module):
-    # compact edge list (E_cap,), sorted by centre; rows >= n_edges are padding
+    # compact edge list (E_cap,), sorted by (centre, neighbor, shift); rows >= n_edges are padding
     d: jnp.ndarray  # (E, 3) r_j − r_i + n·box (zeros where invalid)
     valid: jnp.ndarray  # (E,) bool
     centre: jnp.ndarray  # (E,) int32 atom i (aggregation target of the message m_ji)
     neighbor: jnp.ndarray  # (E,) int32 atom j
-    in_position: jnp.ndarray  # (E,) int32: flat index j*K + p of the edge in j's incoming list
-    # per-atom padded layout (N, K): out slots (centre j, edges kj) and in slots (edges ji into j)
+    in_position: jnp.ndarray  # (E,) int32: flat slot j*K + p of the reverse edge (where e's triplets are summed)
+    # per-atom padded layout (N, K): slot (j, q) = q-th edge of centre j (edge j -> k)
     out_edge: jnp.ndarray  # (N, K) int32 compact edge index of slot (j, q)
     valid_out: jnp.ndarray  # (N, K) bool
-    in_edge: jnp.ndarray  # (N, K) int32 compact edge index of the p-th edge entering j
-    valid_in: jnp.ndarray  # (N, K) bool
-    back_edge: jnp.ndarray  # (N, K) int32 compact index of the back edge (j -> i, same image) of in slot (j, p)
-    has_back: jnp.ndarray  # (N, K) bool: that back edge sits in one of j's out slots
     n_edges: jnp.ndarray  # () int32 active edges (overflow when > E_cap)
     max_degree: jnp.ndarray  # () int32 largest in/out degree (overflow when > K)
+    paired: jnp.ndarray  # () bool: every active edge has its reverse (see module docstring)
 
 
 def active_edges(conf: Configuration, nbrs: NeighborList, cutoff: float):
@@ -66,57 +74,68 @@ def degrees(centre, active, n_atoms: int):
     return jax.ops.segment_sum(active.astype(jnp.int32), centre, n_atoms)
 
 
-def _sort_by(centre, valid, n_atoms: int):
-    """Stable sort of the valid entries by centre: (order, degree, start offset, rank of each entry)."""
-    m = centre.shape[0]
-    key = jnp.where(valid, centre, n_atoms)
-    order = jnp.argsort(key, stable=True).astype(jnp.int32)
-    deg = degrees(centre, valid, n_atoms)
-    start = jnp.cumsum(deg) - deg  # exclusive prefix sum: first sorted position of each centre
-    sorted_rank = jnp.arange(m, dtype=jnp.int32) - start[jnp.minimum(key[order], n_atoms - 1)]
-    rank = jnp.zeros(m, jnp.int32).at[order].set(sorted_rank)  # a permutation: no collisions
-    return order, deg, start, rank
+def _shift_code(shifts):
+    """One int32 per integer image shift (…, 3), order-preserving per component."""
+    s = jnp.clip(jnp.round(shifts), -_SHIFT_BOUND, _SHIFT_BOUND).astype(jnp.int32) + _SHIFT_BOUND
+    w = 2 * _SHIFT_BOUND + 1
+    return (s[..., 0] * w + s[..., 1]) * w + s[..., 2]
 
 
-def _padded(order, deg, start, n_items: int, k: int):
-    """(N, K) indices into the sorted entries: slot (a, q) = q-th entry of centre a."""
-    q = jnp.arange(k, dtype=jnp.int32)
-    pos = jnp.minimum(start[:, None] + q[None, :], n_items - 1)
-    return order[pos], q[None, :] < deg[:, None]
+def _sort_keys(first, second, code, valid, n_atoms: int):
+    """Sort keys (invalid entries last) for the order (first, second, code), as few int32 as fit."""
+    if n_atoms * n_atoms < 2**31 - n_atoms:
+        return (jnp.where(valid, first * n_atoms + second, n_atoms * n_atoms), code)
+    return (jnp.where(valid, first, n_atoms), second, code)
+
+
+def _sorted_order(keys):
+    iota = jnp.arange(keys[0].shape[0], dtype=jnp.int32)
+    out = jax.lax.sort((*keys, iota), num_keys=len(keys), is_stable=True)
+    return out[-1], out[:-1]
 
 
 def build_graph(conf: Configuration, nbrs: NeighborList, cutoff: float, k: int, e_cap: int) -> Graph:
     n = conf.positions.shape[0]
-    d_all, active = active_edges(conf, nbrs, cutoff)
-    # compact: active edges first, sorted by centre (i = sender)
-    order, deg_out, start_out, _ = _sort_by(nbrs.senders, active, n)
+    _, active = active_edges(conf, nbrs, cutoff)  # a mask only: no gradient flows through it
+    senders, receivers = nbrs.senders.astype(jnp.int32), nbrs.receivers.astype(jnp.int32)
+    # compact: the active entries of the list (in list order, at most e_cap of them) ...
+    deg_out = degrees(senders, active, n)
     n_edges = jnp.sum(deg_out)
-    sel = order[:e_cap] if e_cap <= order.shape[0] else jnp.pad(order, (0, e_cap - order.shape[0]))
-    valid = jnp.arange(e_cap) < n_edges
-    d = jnp.where(valid[:, None], d_all[sel], 0.0)
+    dest = jnp.where(active, jnp.cumsum(active) - 1, e_cap)
+    picked = jnp.zeros(e_cap, jnp.int32).at[dest].set(jnp.arange(active.shape[0], dtype=jnp.int32), mode="drop")
+    idx = jnp.arange(e_cap, dtype=jnp.int32)
+    valid = idx < n_edges
+    # ... sorted by (centre i = sender, neighbor, shift)
+    code_p = _shift_code(nbrs.shifts[picked])
+    order, _ = _sorted_order(_sort_keys(senders[picked], receivers[picked], code_p, valid, n))
+    sel = picked[order]
+    start_out = jnp.cumsum(deg_out) - deg_out  # exclusive prefix sum: first compact position of each centre
     # padding rows get centre N-1 so that `centre` stays sorted (segment sums rely on it)
-    centre = jnp.where(valid, nbrs.senders[sel], n - 1)
-    neighbor, shifts = nbrs.receivers[sel], nbrs.shifts[sel]
-    # out slots: compact edges are already grouped by centre, so slot (j, q) is edge start_j + q
+    centre = jnp.where(valid, senders[sel], n - 1)
+    neighbor = jnp.where(valid, receivers[sel], n - 1)
+    shifts = nbrs.shifts[sel]
+    d = conf.positions[neighbor] - conf.positions[centre] + shifts @ conf.box
+    d = jnp.where(valid[:, None], d, 0.0)
+    code_c = code_p[order]
+    # reverse edges: the compact edges sorted by (neighbor, centre, −shift) are their reverses in
+    # compact order, so the sorted keys must equal the compact keys (else some edge is unpaired)
+    keys = _sort_keys(centre, neighbor, code_c, valid, n)
+    rev, rev_keys = _sorted_order(_sort_keys(neighbor, centre, _shift_code(-shifts), valid, n))
+    paired = jnp.all(jnp.stack([(a == b) | ~valid for a, b in zip(keys, rev_keys)]))
+    # out slots: slot (j, q) is compact edge start_j + q
     q = jnp.arange(k, dtype=jnp.int32)
     out_edge = jnp.minimum(start_out[:, None] + q[None, :], e_cap - 1)
-    valid_out = q[None, :] < jnp.minimum(deg_out, k)[:, None]
-    valid_out = valid_out & (start_out[:, None] + q[None, :] < e_cap)
-    # in slots: sort the compact edges by neighbor j
-    order_in, deg_in, start_in, rank_in = _sort_by(neighbor, valid, n)
-    in_edge, valid_in = _padded(order_in, deg_in, start_in, e_cap, k)
-    in_position = (neighbor * k + jnp.minimum(rank_in, k - 1)).astype(jnp.int32)
-    # back edge of in slot p at atom j: the out slot q with k = i whose image shift cancels
-    # (k is the very image of i that the message goes to); integer work, done once per energy
-    same_atom = centre[in_edge][:, :, None] == neighbor[out_edge][:, None, :]
-    same_image = jnp.all(shifts[in_edge][:, :, None, :] + shifts[out_edge][:, None, :, :] == 0, axis=-1)
-    back = same_atom & same_image & valid_in[:, :, None] & valid_out[:, None, :]
-    back_slot = jnp.argmax(back, axis=-1).astype(jnp.int32)
-    back_edge = jnp.take_along_axis(out_edge, back_slot, axis=1)
+    valid_out = (q[None, :] < jnp.minimum(deg_out, k)[:, None]) & (start_out[:, None] + q[None, :] < e_cap)
+    # edge e's triplets are summed in the slot of its reverse (j -> i) at atom j = neighbor(e)
+    rank = idx - start_out[centre]
+    slot = centre * k + jnp.minimum(rank, k - 1)
+    in_position = jnp.where(valid, slot[rev], 0)
+    deg_in = degrees(receivers, active, n)
     max_degree = jnp.maximum(jnp.max(deg_out), jnp.max(deg_in))
-    return Graph(d, valid, centre, neighbor, in_position, out_edge.astype(jnp.int32), valid_out,
-                 in_edge.astype(jnp.int32), valid_in, back_edge.astype(jnp.int32), jnp.any(back, axis=-1),
-                 n_edges.astype(jnp.int32), max_degree.astype(jnp.int32))
+    # with overflowing capacities some reverses are cut off: that is reported as overflow
+    paired = paired | (n_edges > e_cap) | (max_degree > k)
+    return Graph(d, valid, centre, neighbor, in_position.astype(jnp.int32), out_edge.astype(jnp.int32), valid_out,
+                 n_edges.astype(jnp.int32), max_degree.astype(jnp.int32), paired)
 
 
 def _volume_ratio(nbrs: NeighborList, cutoff: float) -> float:
