@@ -96,7 +96,7 @@ def _sorted_order(keys):
 
 def build_graph(conf: Configuration, nbrs: NeighborList, cutoff: float, k: int, e_cap: int) -> Graph:
     n = conf.positions.shape[0]
-    _, active = active_edges(conf, nbrs, cutoff)  # a mask only: no gradient flows through it
+    _, active = active_edges(conf, nbrs, cutoff)
     senders, receivers = nbrs.senders.astype(jnp.int32), nbrs.receivers.astype(jnp.int32)
     # compact: the active entries of the list (in list order, at most e_cap of them) ...
     deg_out = degrees(senders, active, n)
@@ -114,8 +114,8 @@ def build_graph(conf: Configuration, nbrs: NeighborList, cutoff: float, k: int, 
     centre = jnp.where(valid, senders[sel], n - 1)
     neighbor = jnp.where(valid, receivers[sel], n - 1)
     shifts = nbrs.shifts[sel]
-    d = conf.positions[neighbor] - conf.positions[centre] + shifts @ conf.box
-    d = jnp.where(valid[:, None], d, 0.0)
+    # d through nbrs.vectors (never from positions directly): strain methods may deform it there
+    d = jnp.where(valid[:, None], nbrs.vectors(conf.positions, conf.box)[sel], 0.0)
     code_c = code_p[order]
     # reverse edges: the compact edges sorted by (neighbor, centre, −shift) are their reverses in
     # compact order, so the sorted keys must equal the compact keys (else some edge is unpaired)
