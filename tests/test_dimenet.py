@@ -303,6 +303,12 @@ def test_periodic_cell_and_its_replica_have_the_same_energy_per_atom():
     assert per_atom[0] == pytest.approx(per_atom[1], rel=1e-10)
 
 
+def host_counts_of(pot, conf, nbrs):
+    from fusepot.plugins.dimenet.graph import host_counts
+
+    return host_counts(conf, nbrs, pot.r_cut)
+
+
 def test_overflow_is_flagged_and_grow_fixes_it_with_identical_parameters():
     conf = random_conf(0)
     nbrs = nbrs_for(conf)
@@ -318,11 +324,17 @@ def test_overflow_is_flagged_and_grow_fixes_it_with_identical_parameters():
             assert bigger.max_neighbors > pot.max_neighbors or bigger.edge_capacity > pot.edge_capacity
             pot = bigger
         assert not bool(pot.overflow(conf, nbrs))
-        # only the capacity that overflowed grew (padding costs as much as used rows)
+        # only the capacity that overflowed grew (padding costs as much as used rows) ...
         kept = "max_neighbors" if "edge_capacity" in small else "edge_capacity"
         assert getattr(pot, kept) == getattr(ref, kept)
         leaves, ref_leaves = jax.tree_util.tree_leaves(pot), jax.tree_util.tree_leaves(ref)
         assert len(leaves) == len(ref_leaves) and all(bool(jnp.all(a == b)) for a, b in zip(leaves, ref_leaves))
+    # ... unless the other one was nearly full too (> 90 %): then both grow, saving a recompilation
+    n_edges, degree = host_counts_of(ref, conf, nbrs)
+    nearly_full = dataclasses.replace(ref, edge_capacity=8, max_neighbors=int(degree / 0.95))
+    assert degree <= nearly_full.max_neighbors
+    grown = nearly_full.grow(conf, nbrs)
+    assert grown.edge_capacity >= n_edges and grown.max_neighbors > nearly_full.max_neighbors
     # the grown model (its K differs from ref's, so this compiles once more) gives ref's energy
     assert float(_energy(pot, conf, nbrs)) == pytest.approx(e_ref, rel=1e-10)
 

@@ -232,13 +232,16 @@ class DimeNetPP(Potential):
         """Host-side: a copy (same parameters) with larger capacities for `conf`.
 
         A capacity that `conf` exceeds grows to 1.15 × its need and at least 20 %; the other one
-        is kept (every padded edge row or slot costs as much as a used one).  When `conf` fits
-        both (a caller may pass the start of the MD chunk that overflowed), both grow by 20 %.
+        is kept (every padded edge row or slot costs as much as a used one) unless it is already
+        more than 90 % full, since each growth costs a recompilation.  When `conf` fits both (a
+        caller may pass the start of the MD chunk that overflowed), both grow by 20 %.
         """
         k, e = self.capacities(nbrs, conf.positions.shape[0])
         n_edges, degree = host_counts(conf, nbrs, self.r_cut)
-        grow_k, grow_e = degree > k, n_edges > e
-        if not (grow_k or grow_e):
+        over_k, over_e = degree > k, n_edges > e
+        grow_k = over_k or (over_e and degree > 0.9 * k)
+        grow_e = over_e or (over_k and n_edges > 0.9 * e)
+        if not (over_k or over_e):
             grow_k = grow_e = True
         new_k = max(int(math.ceil(degree * 1.15)) + 1, int(math.ceil(k * 1.2))) if grow_k else k
         new_e = max(int(math.ceil(n_edges * 1.15)) + 16, int(math.ceil(e * 1.2))) if grow_e else e
