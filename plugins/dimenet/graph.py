@@ -107,7 +107,7 @@ def build_graph(conf: Configuration, nbrs: NeighborList, cutoff: float, k: int, 
     valid = idx < n_edges
     # ... sorted by (centre i = sender, neighbor, shift)
     code_p = _shift_code(nbrs.shifts[picked])
-    order, _ = _sorted_order(_sort_keys(senders[picked], receivers[picked], code_p, valid, n))
+    order, keys = _sorted_order(_sort_keys(senders[picked], receivers[picked], code_p, valid, n))
     sel = picked[order]
     start_out = jnp.cumsum(deg_out) - deg_out  # exclusive prefix sum: first compact position of each centre
     # padding rows get centre N-1 so that `centre` stays sorted (segment sums rely on it)
@@ -116,10 +116,8 @@ def build_graph(conf: Configuration, nbrs: NeighborList, cutoff: float, k: int, 
     shifts = nbrs.shifts[sel]
     # d through nbrs.vectors (never from positions directly): strain methods may deform it there
     d = jnp.where(valid[:, None], nbrs.vectors(conf.positions, conf.box)[sel], 0.0)
-    code_c = code_p[order]
     # reverse edges: the compact edges sorted by (neighbor, centre, −shift) are their reverses in
-    # compact order, so the sorted keys must equal the compact keys (else some edge is unpaired)
-    keys = _sort_keys(centre, neighbor, code_c, valid, n)
+    # compact order, so those sorted keys must equal the compact ones (else some edge is unpaired)
     rev, rev_keys = _sorted_order(_sort_keys(neighbor, centre, _shift_code(-shifts), valid, n))
     paired = jnp.all(jnp.stack([(a == b) | ~valid for a, b in zip(keys, rev_keys)]))
     # out slots: slot (j, q) is compact edge start_j + q
