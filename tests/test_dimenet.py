@@ -303,13 +303,9 @@ def test_periodic_cell_and_its_replica_have_the_same_energy_per_atom():
     assert per_atom[0] == pytest.approx(per_atom[1], rel=1e-10)
 
 
-def host_counts_of(pot, conf, nbrs):
+def test_overflow_is_flagged_and_grow_fixes_it_with_identical_parameters():
     from fusepot.plugins.dimenet.graph import host_counts
 
-    return host_counts(conf, nbrs, pot.r_cut)
-
-
-def test_overflow_is_flagged_and_grow_fixes_it_with_identical_parameters():
     conf = random_conf(0)
     nbrs = nbrs_for(conf)
     ref = build()
@@ -330,7 +326,7 @@ def test_overflow_is_flagged_and_grow_fixes_it_with_identical_parameters():
         leaves, ref_leaves = jax.tree_util.tree_leaves(pot), jax.tree_util.tree_leaves(ref)
         assert len(leaves) == len(ref_leaves) and all(bool(jnp.all(a == b)) for a, b in zip(leaves, ref_leaves))
     # ... unless the other one was nearly full too (> 90 %): then both grow, saving a recompilation
-    n_edges, degree = host_counts_of(ref, conf, nbrs)
+    n_edges, degree = host_counts(conf, nbrs, ref.r_cut)
     nearly_full = dataclasses.replace(ref, edge_capacity=8, max_neighbors=int(degree / 0.95))
     assert degree <= nearly_full.max_neighbors
     grown = nearly_full.grow(conf, nbrs)

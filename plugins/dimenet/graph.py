@@ -96,7 +96,7 @@ def _sorted_order(keys):
 
 def build_graph(conf: Configuration, nbrs: NeighborList, cutoff: float, k: int, e_cap: int) -> Graph:
     n = conf.positions.shape[0]
-    _, active = active_edges(conf, nbrs, cutoff)
+    d_all, active = active_edges(conf, nbrs, cutoff)
     senders, receivers = nbrs.senders.astype(jnp.int32), nbrs.receivers.astype(jnp.int32)
     # compact: the active entries of the list (in list order, at most e_cap of them) ...
     deg_out = degrees(senders, active, n)
@@ -114,8 +114,8 @@ def build_graph(conf: Configuration, nbrs: NeighborList, cutoff: float, k: int, 
     centre = jnp.where(valid, senders[sel], n - 1)
     neighbor = jnp.where(valid, receivers[sel], n - 1)
     shifts = nbrs.shifts[sel]
-    # d through nbrs.vectors (never from positions directly): strain methods may deform it there
-    d = jnp.where(valid[:, None], nbrs.vectors(conf.positions, conf.box)[sel], 0.0)
+    # d from nbrs.vectors (never from positions directly): strain methods may deform it there
+    d = jnp.where(valid[:, None], d_all[sel], 0.0)
     # reverse edges: the compact edges sorted by (neighbor, centre, −shift) are their reverses in
     # compact order, so those sorted keys must equal the compact ones (else some edge is unpaired)
     rev, rev_keys = _sorted_order(_sort_keys(neighbor, centre, _shift_code(-shifts), valid, n))
@@ -157,7 +157,7 @@ def default_edge_capacity(nbrs: NeighborList, cutoff: float) -> int:
 
 def host_counts(conf: Configuration, nbrs: NeighborList, cutoff: float) -> tuple[int, int]:
     """(active edges, largest in/out degree) within the cutoff, computed on the host (sizing)."""
-    _, active = active_edges(conf, nbrs, cutoff)
+    d_all, active = active_edges(conf, nbrs, cutoff)
     act = np.asarray(active)
     n = conf.positions.shape[0]
     if not act.any():
