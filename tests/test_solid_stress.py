@@ -59,6 +59,7 @@ def test_stress_equals_finite_difference_strain_derivative(make):
     up, um = np.asarray(u(h * jnp.eye(6))), np.asarray(u(-h * jnp.eye(6)))
     fd = (up - um) / (2 * h) / float(conf.volume())
     scale = np.max(np.abs(fd))
+    print(f"{make.__name__}: max |stress - FD| / max |FD| = {np.max(np.abs(sigma - fd)) / scale:.2e}")
     assert np.max(np.abs(fd[3:])) > 1e-3 * scale  # shear stresses are really tested
     np.testing.assert_allclose(sigma, fd, rtol=1e-5, atol=1e-5 * scale)
     # forward-over-reverse Born stress agrees with the core strain derivative
