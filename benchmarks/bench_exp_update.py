@@ -29,10 +29,12 @@ stays a thermal solid; the output says so.
 
     python benchmarks/bench_exp_update.py [--frames 8] [--steps-per-frame 200] [--atoms-reps 4]
         [--dtype float32] [--batch-size 8] [--born-method affine|pair_vectors] [--compare-born]
-        [--compare-contraction]
+        [--compare-contraction] [--compare-reverse]
 
 `--compare-contraction` also times the generic gradient contraction (reverse mode through the
-full per-frame Born terms, the path before `ElasticConstants.contract`) in the same run.
+full per-frame Born terms, the path before `ElasticConstants.contract`) in the same run;
+`--compare-reverse` times reverse mode through `ElasticConstants.contract` (the path before
+`ElasticConstants.contract_grad`, which sums the six directions' gradients in a loop).
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ from fusepot.core import neighbors as nb
 from fusepot.core.interfaces import Observable, StatePoint
 from fusepot.core.plugins import BuildContext, get_plugin_manager
 from fusepot.core.system import from_ase
+from fusepot.plugins.dimenet.graph import host_counts
 from fusepot.plugins.solid.elastic import ElasticConstants
 
 TEMPERATURE = 323.0
@@ -76,13 +79,21 @@ class FullContraction(ElasticConstants):
         return Observable.contract(self, potential, frame, nbrs, cotangent)
 
 
-def build_targets(born_method: str, full_contraction: bool = False):
+class ReverseThroughContraction(ElasticConstants):
+    """The elastic observable without its own `contract_grad`: the engine takes reverse mode
+    through `contract` (rematerialised six directions) as before, timed side by side with
+    `--compare-reverse`."""
+
+    contract_grad = Observable.contract_grad
+
+
+def build_targets(born_method: str, full_contraction: bool = False, reverse: bool = False):
     pm = get_plugin_manager()
     el = pm.build("observable", "elastic_constants", {"symmetry": "hexagonal", "born_method": born_method},
                   BuildContext(species=["Ti"]))
-    if full_contraction:
-        el = FullContraction(symmetry=el.symmetry, full_format=el.full_format, kinetic=el.kinetic,
-                             born_method=el.born_method)
+    if full_contraction or reverse:
+        cls = FullContraction if full_contraction else ReverseThroughContraction
+        el = cls(symmetry=el.symmetry, full_format=el.full_format, kinetic=el.kinetic, born_method=el.born_method)
     p = pm.build("observable", "pressure", {}, BuildContext(species=["Ti"]))
     return [difftre.Target("pressure", p, **PRESSURE), difftre.Target("elastic_constants", el, **ELASTIC)]
 
@@ -142,6 +153,9 @@ def main(argv=None):
     ap.add_argument("--compare-born", action="store_true", help="also time the other born_method")
     ap.add_argument("--compare-contraction", action="store_true",
                     help="also time the generic gradient contraction (reverse mode through the full Born terms)")
+    ap.add_argument("--compare-reverse", action="store_true",
+                    help="also time the gradient by reverse mode through the observable's contraction (the path "
+                         "before `ElasticConstants.contract_grad`)")
     ap.add_argument("--equilibration-steps", type=int, default=200, help="warm-up steps before the first call's frames")
     ap.add_argument("--energy-scale", type=float, default=0.01, help="U → s·U for the untrained model (same cost)")
     ap.add_argument("--paper-frames", type=int, default=PAPER_FRAMES)
@@ -170,6 +184,11 @@ def main(argv=None):
     traj, carry, t_md, t_md_warm = sample(pot, conf, masses, dtype, args.frames, args.steps_per_frame,
                                           args.equilibration_steps)
     pot = carry.potential
+    counts = lambda c: host_counts(c, nb.allocate(c.positions, c.box, pot.cutoff, 0.5), pot.cutoff)
+    (lat_e, lat_k), (last_e, last_k) = counts(conf), counts(traj.frame(traj.n_frames - 1).conf)
+    print(f"DimeNet++ capacities after sampling: K = {pot.max_neighbors}, E_cap = {pot.edge_capacity} (sized for the "
+          f"lattice, {lat_e} edges and degree {lat_k}, with margin 1.3, grown when frames overflowed; the last frame "
+          f"has {last_e} edges, largest degree {last_k})")
     ok = bool(np.all(np.isfinite(np.asarray(traj.positions))))
     print(f"sampling: {t_md:.2f} s for {args.frames} frames (first call incl. compile + warm-up {t_md_warm:.1f} s); "
           f"final U = {float(traj.ref_energy[-1]):.3f} eV, finite = {ok}")
@@ -181,8 +200,11 @@ def main(argv=None):
 
     methods = [(args.born_method, False)] + ([(m, False) for m in ("affine", "pair_vectors") if m != args.born_method]
                                              if args.compare_born else [])
+    methods = [(m, full, False) for m, full in methods]
     if args.compare_contraction:
-        methods += [(m, True) for m, _ in methods]
+        methods += [(m, True, False) for m, _, _ in methods]
+    if args.compare_reverse:
+        methods += [(args.born_method, False, True)]
     k, n = args.frames, args.paper_frames
     md_step = t_md / (k * args.steps_per_frame)
     md_pf = md_step * args.paper_steps_per_frame  # sampling seconds per paper frame
@@ -193,9 +215,9 @@ def main(argv=None):
     print(f"\n{'':28s}{'s/frame':>10s}{f'{n} frames (s)':>16s}{'/ sampling':>12s}")
     print(f"{'sampling (MD)':28s}{md_pf:10.3f}{md_pf * n:16.1f}{1.0:12.3f}")
     print(f"{'U_ref recompute':28s}{t_uref / k:10.3f}{t_uref / k * n:16.1f}{t_uref / t_md:12.3f}")
-    for m, full in methods:
-        targets = build_targets(m, full)
-        m = m + (", full contraction" if full else "")
+    for m, full, reverse in methods:
+        targets = build_targets(m, full, reverse)
+        m = m + (", full contraction" if full else "") + (", reverse through contract" if reverse else "")
         t_f, t_g, t_c, res = time_reweight(pot, traj, targets, args.batch_size, templates)
         finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(eqx.filter(res.grad, eqx.is_array)))
         print(f"{f'reweight+grad [{m}]':28s}{t_g / k:10.3f}{t_g / k * n:16.1f}{t_g / t_md:12.3f}"

@@ -291,17 +291,34 @@ def _accumulate_grad(potential, observables, templates, frames: Frame, g_u, g_va
     g_vals_p = jax.tree_util.tree_map(lambda x: chunks(x, True), g_vals)
     frames_p = jax.tree_util.tree_map(lambda x: chunks(x, False), frames)
 
+    # observables with their own contract_grad give their gradient directly; the others are
+    # folded into one reverse pass with the energy
+    own = {name for name, o in observables.items() if type(o).contract_grad is not Observable.contract_grad}
+
+    def built_lists(conf):
+        return {k: nb.update(t, conf.positions, conf.box, force=True) for k, t in templates.lists.items()}
+
     def surrogate(p, frame, gu, gv):
         # gu·u + Σ_obs ⟨gv, per-frame value⟩: its θ-gradient is the frame's share of the total
         pot = eqx.combine(p, static)
-        conf = frame.conf
-        built = {k: nb.update(t, conf.positions, conf.box, force=True) for k, t in templates.lists.items()}
-        u = pot.energy(conf, built[repr(float(pot.cutoff))])
+        built = built_lists(frame.conf)
+        u = pot.energy(frame.conf, built[repr(float(pot.cutoff))])
         return gu * u + sum(o.contract(pot, frame, built[repr(_obs_cutoff(o, pot))], gv[name])
-                            for name, o in observables.items())
+                            for name, o in observables.items() if name not in own)
+
+    def own_grads(p, frame, gv):
+        pot = eqx.combine(p, static)
+        built = built_lists(frame.conf)
+        grads = [observables[name].contract_grad(pot, frame, built[repr(_obs_cutoff(observables[name], pot))],
+                                                 gv[name]) for name in sorted(own)]
+        return jax.tree_util.tree_map(lambda *g: sum(g), *grads)
 
     def chunk_grad(p, fr, gu, gv):
-        return jax.grad(lambda q: jnp.sum(jax.vmap(lambda f, a, b: surrogate(q, f, a, b))(fr, gu, gv)))(p)
+        g = jax.grad(lambda q: jnp.sum(jax.vmap(lambda f, a, b: surrogate(q, f, a, b))(fr, gu, gv)))(p)
+        if own:
+            extra = jax.vmap(lambda f, b: own_grads(p, f, b))(fr, gv)
+            g = jax.tree_util.tree_map(lambda x, y: x + jnp.sum(y, axis=0), g, extra)
+        return g
 
     def body(acc, xs):
         fr, gu, gv = xs

@@ -15,6 +15,7 @@ terms ∝ σ; the two agree at zero stress.  σ^B is the same for both (first or
 """
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -113,15 +114,59 @@ def born_contraction(potential: Potential, conf: Configuration, nbrs: NeighborLi
     _check(method, tangent_batch, "born_contraction")
     u = _METHODS[method](potential, conf, nbrs)
     dtype = conf.positions.dtype
-    zero = jnp.zeros(6, dtype)
     a = jax.lax.stop_gradient(jnp.asarray(ct_stress, dtype))
     g = jax.lax.stop_gradient(jnp.asarray(ct_tensor, dtype))
     lam, vecs = jnp.linalg.eigh(0.5 * (g + g.T))
+    first = jax.jvp(u, (jnp.zeros(6, dtype),), (a,))[1]
+    # rematerialised, for callers that take reverse mode through this (the DiffTRe engine uses
+    # born_contraction_grad instead): 4x faster for 256-atom DimeNet++ than stacking residuals
+    second = jnp.sum(lam * jax.lax.map(jax.checkpoint(_curvature(u, dtype)), vecs.T, batch_size=tangent_batch))
+    return (first + second) / conf.volume()
 
+
+def _curvature(u, dtype):
     def curvature(v):  # vᵀ H v = d²/ds² U(s v) at s = 0
         return jax.jvp(lambda s: jax.jvp(u, (s * v,), (v,))[1], (jnp.zeros((), dtype),), (jnp.ones((), dtype),))[1]
 
-    first = jax.jvp(u, (zero,), (a,))[1]
-    second = jnp.sum(lam * jax.lax.map(curvature, vecs.T, batch_size=tangent_batch))
-    return (first + second) / conf.volume()
+    return curvature
+
+
+def born_contraction_grad(potential: Potential, conf: Configuration, nbrs: NeighborList, ct_stress, ct_tensor,
+                          method: str = "affine", tangent_batch: int = 1):
+    """∇_θ `born_contraction(...)` for the potential's parameters (a pytree like
+    `eqx.partition(potential, eqx.is_inexact_array)[0]`), assembled as the gradient of the stress
+    term plus Σ_k λ_k ∇_θ(v_kᵀ H v_k), one direction (or `tangent_batch` directions) per loop
+    step.  Same numbers as reverse mode through `born_contraction`, but a loop of gradients
+    keeps one direction's intermediates alive at a time, where reverse mode through the loop
+    keeps (or, rematerialised, recomputes into) all six: 256-atom DimeNet++, 9581 edge slots,
+    2.6 s vs 7.5 s rematerialised and more without (benchmarks/bench_exp_update.py).
+    """
+    _check(method, tangent_batch, "born_contraction_grad")
+    params, static = eqx.partition(potential, eqx.is_inexact_array)
+    dtype = conf.positions.dtype
+    a = jax.lax.stop_gradient(jnp.asarray(ct_stress, dtype))
+    g = jax.lax.stop_gradient(jnp.asarray(ct_tensor, dtype))
+    lam, vecs = jnp.linalg.eigh(0.5 * (g + g.T))
+    inv_volume = 1.0 / jax.lax.stop_gradient(conf.volume())
+
+    def energy_fn(p):
+        return _METHODS[method](eqx.combine(p, static), conf, nbrs)
+
+    def first(p):
+        return jax.jvp(energy_fn(p), (jnp.zeros(6, dtype),), (a,))[1] * inv_volume
+
+    def second(p, lv):  # Σ λ_k v_kᵀ H v_k over one chunk of directions
+        lk, vk = lv
+        curvature = _curvature(energy_fn(p), dtype)
+        if tangent_batch == 1:
+            return lk[0] * curvature(vk[0]) * inv_volume
+        return jnp.sum(lk * jax.vmap(curvature)(vk)) * inv_volume
+
+    def step(acc, lv):
+        return jax.tree_util.tree_map(jnp.add, acc, jax.grad(second)(params, lv)), None
+
+    n = 6 // tangent_batch
+    chunks = (lam.reshape(n, tangent_batch), vecs.T.reshape(n, tangent_batch, 6))
+    total, _ = jax.lax.scan(step, jax.grad(first)(params), chunks)
+    return total
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fusepot.core.interfaces import Observable
 from fusepot.core.units import pressure_to_gpa
 
-from .born import born_contraction, born_terms
+from .born import born_contraction, born_contraction_grad, born_terms
 from .voigt import cubic_constants, hexagonal_constants, upper_triangle
 
 #: ideal-gas (kinetic) contribution (δ_ik δ_jl + δ_il δ_jk) in Voigt form, per N kT/V
@@ -92,6 +92,11 @@ class ElasticConstants(Observable):
         """⟨cotangent, per_frame⟩ by second directional derivatives (see born.born_contraction)."""
         return born_contraction(potential, frame.conf, nbrs, cotangent[0], cotangent[1:], self.born_method,
                                 self.tangent_batch)
+
+    def contract_grad(self, potential, frame, nbrs, cotangent):
+        """∇_θ of `contract`, one strain direction at a time (see born.born_contraction_grad)."""
+        return born_contraction_grad(potential, frame.conf, nbrs, cotangent[0], cotangent[1:], self.born_method,
+                                     self.tangent_batch)
 
     def tensor(self, weights, values, frames):
         """The full 6×6 tensor (eV/Å³) before symmetry projection."""
