@@ -30,6 +30,7 @@ import numpy as np
 
 from . import neighbors as nb
 from .interfaces import Frame, Observable, Potential, Trajectory
+from .jaxutil import batched_map
 from .units import convert
 
 log = logging.getLogger("fusepot.difftre")
@@ -149,7 +150,7 @@ def _eval_all(potential, observables, templates, frames: Frame, batch_size: int)
     pad = -n % batch_size
     if pad:
         frames = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), frames)
-    out = jax.lax.map(lambda f: _frame_eval(potential, observables, templates, f), frames, batch_size=batch_size)
+    out = batched_map(lambda f: _frame_eval(potential, observables, templates, f), frames, batch_size)
     return jax.tree_util.tree_map(lambda x: x[:n], out) if pad else out
 
 
@@ -314,6 +315,10 @@ def _accumulate_grad(potential, observables, templates, frames: Frame, g_u, g_va
         return jax.tree_util.tree_map(lambda *g: sum(g), *grads)
 
     def chunk_grad(p, fr, gu, gv):
+        if batch_size == 1:  # no vmap: batched gathers and sorts of one frame are 1.9x slower on CPU
+            fr, gu, gv = jax.tree_util.tree_map(lambda x: x[0], (fr, gu, gv))
+            g = jax.grad(surrogate)(p, fr, gu, gv)
+            return jax.tree_util.tree_map(jnp.add, g, own_grads(p, fr, gv)) if own else g
         g = jax.grad(lambda q: jnp.sum(jax.vmap(lambda f, a, b: surrogate(q, f, a, b))(fr, gu, gv)))(p)
         if own:
             extra = jax.vmap(lambda f, b: own_grads(p, f, b))(fr, gv)

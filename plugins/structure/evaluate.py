@@ -17,6 +17,7 @@ import numpy as np
 
 from fusepot.core import neighbors as nb
 from fusepot.core.interfaces import Observable, Trajectory
+from fusepot.core.jaxutil import batched_map
 from fusepot.core.stats import BlockEstimate, block_average
 
 log = logging.getLogger("fusepot.structure")
@@ -44,7 +45,7 @@ def _map_frames(obs, potential, template, frames, batch_size: int):
         nbrs = nb.update(template, frame.conf.positions, frame.conf.box, force=True)
         return obs.per_frame(potential, frame, nbrs), nbrs.overflow, _obs_overflow(obs, frame, nbrs)
 
-    return jax.lax.map(one, frames, batch_size=batch_size)
+    return batched_map(one, frames, batch_size)
 
 
 def per_frame_values(obs: Observable, traj: Trajectory, potential=None, batch_size: int = 8,
