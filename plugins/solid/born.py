@@ -136,12 +136,14 @@ def _curvature(u, dtype):
 def born_contraction_grad(potential: Potential, conf: Configuration, nbrs: NeighborList, ct_stress, ct_tensor,
                           method: str = "affine", tangent_batch: int = 1):
     """∇_θ `born_contraction(...)` for the potential's parameters (a pytree like
-    `eqx.partition(potential, eqx.is_inexact_array)[0]`), assembled as the gradient of the stress
-    term plus Σ_k λ_k ∇_θ(v_kᵀ H v_k), one direction (or `tangent_batch` directions) per loop
-    step.  Same numbers as reverse mode through `born_contraction`, but a loop of gradients
+    `eqx.partition(potential, eqx.is_inexact_array)[0]`), assembled one strain direction (or
+    `tangent_batch` directions) per loop step as ∇_θ[c_k ∂U(s v_k)/∂s + λ_k ∂²U(s v_k)/∂s²]
+    with c = Vᵀa: the stress term comes from the same nested jvps (5 % cheaper than its own
+    pass).  Same numbers as reverse mode through `born_contraction`, but a loop of gradients
     keeps one direction's intermediates alive at a time, where reverse mode through the loop
     keeps (or, rematerialised, recomputes into) all six: 256-atom DimeNet++, one frame, K = 27,
-    E_cap = 9581, 2.6 s vs 7.5 s rematerialised (docs/training_modes.md).
+    E_cap = 9581, 2.6 s vs 7.5 s rematerialised (docs/training_modes.md).  One direction at a
+    time is fastest on CPU (K = 46: 2.8 s; two or three at a time under vmap 6.4–6.5 s).
     """
     _check(method, tangent_batch, "born_contraction_grad")
     params, static = eqx.partition(potential, eqx.is_inexact_array)
@@ -149,26 +151,26 @@ def born_contraction_grad(potential: Potential, conf: Configuration, nbrs: Neigh
     a = jax.lax.stop_gradient(jnp.asarray(ct_stress, dtype))
     g = jax.lax.stop_gradient(jnp.asarray(ct_tensor, dtype))
     lam, vecs = jnp.linalg.eigh(0.5 * (g + g.T))
+    c = vecs.T @ a  # orthonormal v_k: Σ a_I ∂U/∂η_I = Σ_k c_k ∂U(s v_k)/∂s
     inv_volume = 1.0 / jax.lax.stop_gradient(conf.volume())
 
-    def energy_fn(p):
-        return _METHODS[method](eqx.combine(p, static), conf, nbrs)
+    def derivatives(p, v):  # (∂U(s v)/∂s, ∂²U(s v)/∂s²) at s = 0, in one nested jvp
+        u = _METHODS[method](eqx.combine(p, static), conf, nbrs)
+        return jax.jvp(lambda s: jax.jvp(u, (s * v,), (v,))[1], (jnp.zeros((), dtype),), (jnp.ones((), dtype),))
 
-    def first(p):
-        return jax.jvp(energy_fn(p), (jnp.zeros(6, dtype),), (a,))[1] * inv_volume
-
-    def second(p, lv):  # Σ λ_k v_kᵀ H v_k over one chunk of directions
-        lk, vk = lv
-        curvature = _curvature(energy_fn(p), dtype)
+    def objective(p, chunk):  # Σ over one chunk of directions of c_k ∂_k U + λ_k ∂²_k U
+        ck, lk, vk = chunk
         if tangent_batch == 1:
-            return lk[0] * curvature(vk[0]) * inv_volume
-        return jnp.sum(lk * jax.vmap(curvature)(vk)) * inv_volume
+            d1, d2 = derivatives(p, vk[0])
+            return (ck[0] * d1 + lk[0] * d2) * inv_volume
+        d1, d2 = jax.vmap(lambda v: derivatives(p, v))(vk)
+        return (ck @ d1 + lk @ d2) * inv_volume
 
-    def step(acc, lv):
-        return jax.tree_util.tree_map(jnp.add, acc, jax.grad(second)(params, lv)), None
+    def step(acc, chunk):
+        return jax.tree_util.tree_map(jnp.add, acc, jax.grad(objective)(params, chunk)), None
 
     n = 6 // tangent_batch
-    chunks = (lam.reshape(n, tangent_batch), vecs.T.reshape(n, tangent_batch, 6))
-    total, _ = jax.lax.scan(step, jax.grad(first)(params), chunks)
+    chunks = (c.reshape(n, tangent_batch), lam.reshape(n, tangent_batch), vecs.T.reshape(n, tangent_batch, 6))
+    total, _ = jax.lax.scan(step, jax.tree_util.tree_map(jnp.zeros_like, params), chunks)
     return total
 
