@@ -157,7 +157,7 @@ def default_edge_capacity(nbrs: NeighborList, cutoff: float) -> int:
 
 def host_counts(conf: Configuration, nbrs: NeighborList, cutoff: float) -> tuple[int, int]:
     """(active edges, largest in/out degree) within the cutoff, computed on the host (sizing)."""
-    d_all, active = active_edges(conf, nbrs, cutoff)
+    _, active = active_edges(conf, nbrs, cutoff)
     act = np.asarray(active)
     n = conf.positions.shape[0]
     if not act.any():
