@@ -90,3 +90,50 @@ def test_tangent_batch_does_not_change_the_result(method):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-10, atol=1e-14)
     with pytest.raises(ValueError, match="tangent_batch"):
         ElasticConstants(symmetry="full", born_method=method, tangent_batch=4).per_frame(pot, frame, nbrs)
+
+
+def _projection_cotangent(symmetry, seed=11, n_frames=5):
+    """One frame's cotangent of the (7, 6) Born terms under a random linear loss on the
+    symmetry's constants, through the stress-fluctuation formula — what the DiffTRe engine passes."""
+    from fusepot.plugins.solid.elastic import project, stress_fluctuation_tensor
+    rng = np.random.default_rng(seed)
+    vals = jnp.asarray(rng.normal(size=(n_frames, 7, 6)))
+    w = jnp.full(n_frames, 1.0 / n_frames)
+    r = jnp.asarray(rng.normal(size=project(jnp.eye(6), symmetry).shape))
+
+    def loss(v):
+        return jnp.sum(r * project(stress_fluctuation_tensor(w, v[:, 0], v[:, 1:], 20.0, 0.03, 8), symmetry))
+
+    return jax.grad(loss)(vals)[0]
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 6])
+def test_hexagonal_support_skips_c66_and_changes_nothing(batch):
+    """Hexagonal constants never read C66, so the contraction takes 5 strain directions (not 6)
+    and gives the same value and gradient as all six; with a tangent batch that does not divide
+    5 the padding directions contribute nothing."""
+    from fusepot.plugins.solid.born import born_contraction, born_contraction_grad
+    from fusepot.plugins.solid.elastic import strain_support
+    assert strain_support("hexagonal") == (0, 1, 2, 3, 4)
+    assert strain_support("cubic") == strain_support("full", "upper") == tuple(range(6))
+    pot, frame, nbrs, _ = _setup("lennard_jones")
+    cot = _projection_cotangent("hexagonal")
+    assert float(jnp.max(jnp.abs(cot[:, 5]))) == 0.0 and float(jnp.max(jnp.abs(cot[1 + 5]))) == 0.0
+    assert float(jnp.max(jnp.abs(cot[1:, :5]))) > 0.0 and float(jnp.max(jnp.abs(cot[0, :5]))) > 0.0
+    obs = ElasticConstants(symmetry="hexagonal", tangent_batch=batch)
+    assert obs.strain_support == (0, 1, 2, 3, 4)
+    params, static = eqx.partition(pot, eqx.is_inexact_array)
+    ref = jax.grad(lambda p: jnp.sum(cot * obs.per_frame(eqx.combine(p, static), frame, nbrs)))(params)
+    six = born_contraction_grad(pot, frame.conf, nbrs, cot[0], cot[1:], "affine", 1, None)
+    five = obs.contract_grad(pot, frame, nbrs, cot)
+    np.testing.assert_allclose(float(obs.contract(pot, frame, nbrs, cot)),
+                               float(born_contraction(pot, frame.conf, nbrs, cot[0], cot[1:])), rtol=1e-10)
+    np.testing.assert_allclose(float(obs.contract(pot, frame, nbrs, cot)),
+                               float(jnp.sum(cot * obs.per_frame(pot, frame, nbrs))), rtol=1e-10)
+    scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree_util.tree_leaves(ref))
+    assert scale > 0
+    for a, b, c in zip(*(jax.tree_util.tree_leaves(t) for t in (ref, six, five))):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-8, atol=1e-10 * scale)
+        np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-8, atol=1e-10 * scale)
+    with pytest.raises(ValueError, match="support"):
+        born_contraction_grad(pot, frame.conf, nbrs, cot[0], cot[1:], "affine", 1, (0, 0, 1))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fusepot.core.interfaces import Potential
 from fusepot.core.jaxutil import batched_map
@@ -100,7 +101,7 @@ def born_terms(potential: Potential, conf: Configuration, nbrs: NeighborList, me
 
 
 def born_contraction(potential: Potential, conf: Configuration, nbrs: NeighborList, ct_stress, ct_tensor,
-                     method: str = "affine", tangent_batch: int = 1):
+                     method: str = "affine", tangent_batch: int = 1, support=None):
     """Σ_I a_I σ^B_I + Σ_IJ G_IJ C^B_IJ for fixed a (6,) and G (6, 6), in the units of the
     cotangents times eV/Å³ — the quantity whose parameter gradient DiffTRe needs.
 
@@ -111,11 +112,14 @@ def born_contraction(potential: Potential, conf: Configuration, nbrs: NeighborLi
     through the potential's own reverse pass): 1.4× for the 256-atom DimeNet++ gradient pass
     (benchmarks/bench_exp_update.py --compare-contraction).  G and a are data (cotangents), not traced.
     The six directions are evaluated `tangent_batch` at a time (as in `born_terms`).
+    support: the Voigt indices outside which a and G are zero by construction (an observable that
+    reads only some entries of C, e.g. hexagonal symmetry never reads C66), or None for all six;
+    only len(support) directions are then taken (see `_cotangent_split`).
     """
     _check(method, tangent_batch, "born_contraction")
     u = _METHODS[method](potential, conf, nbrs)
     dtype = conf.positions.dtype
-    a, lam, vecs = _cotangent_split(ct_stress, ct_tensor, dtype)
+    a, lam, vecs = _cotangent_split(ct_stress, ct_tensor, dtype, support, tangent_batch)
     first = jax.jvp(u, (jnp.zeros(6, dtype),), (a,))[1]
 
     def curvature(v):  # vᵀ H v
@@ -128,11 +132,30 @@ def born_contraction(potential: Potential, conf: Configuration, nbrs: NeighborLi
     return (first + second) / conf.volume()
 
 
-def _cotangent_split(ct_stress, ct_tensor, dtype):
-    """(a, λ, V): the stress cotangent and the eigenpairs of sym(G), held fixed (data, not traced)."""
+def _cotangent_split(ct_stress, ct_tensor, dtype, support=None, tangent_batch: int = 1):
+    """(a, λ, V): the stress cotangent and the eigenpairs of sym(G) (V's columns), held fixed
+    (data, not traced).
+
+    With `support` (Voigt indices; a and G vanish outside it), sym(G) is split on the support's
+    block only, so there are len(support) directions, each zero outside the support: hexagonal
+    constants never read C66 (Voigt 6), so 5 directions instead of 6.  Directions are padded with
+    zero vectors (λ = 0) to a multiple of `tangent_batch`; those contribute exactly nothing.
+    """
     a = jax.lax.stop_gradient(jnp.asarray(ct_stress, dtype))
     g = jax.lax.stop_gradient(jnp.asarray(ct_tensor, dtype))
-    lam, vecs = jnp.linalg.eigh(0.5 * (g + g.T))
+    g = 0.5 * (g + g.T)
+    idx = np.arange(6) if support is None else np.asarray(sorted(support), dtype=int)
+    if idx.size == 0 or idx.min() < 0 or idx.max() > 5 or len(set(idx.tolist())) != idx.size:
+        raise ValueError(f"Born contraction: support must be distinct Voigt indices 0..5, not {support!r}")
+    if idx.size == 6:
+        lam, vecs = jnp.linalg.eigh(g)
+    else:
+        lam, sub = jnp.linalg.eigh(g[np.ix_(idx, idx)])
+        vecs = jnp.zeros((6, idx.size), dtype).at[idx].set(sub)
+    pad = -idx.size % tangent_batch
+    if pad:
+        lam = jnp.concatenate([lam, jnp.zeros(pad, lam.dtype)])
+        vecs = jnp.concatenate([vecs, jnp.zeros((6, pad), vecs.dtype)], axis=1)
     return a, lam, vecs
 
 
@@ -143,7 +166,7 @@ def _directional_derivatives(u, v):
 
 
 def born_contraction_grad(potential: Potential, conf: Configuration, nbrs: NeighborList, ct_stress, ct_tensor,
-                          method: str = "affine", tangent_batch: int = 1):
+                          method: str = "affine", tangent_batch: int = 1, support=None):
     """∇_θ `born_contraction(...)` for the potential's parameters (a pytree like
     `eqx.partition(potential, eqx.is_inexact_array)[0]`), assembled one strain direction (or
     `tangent_batch` directions) per loop step as ∇_θ[c_k ∂U(s v_k)/∂s + λ_k ∂²U(s v_k)/∂s²]
@@ -153,10 +176,12 @@ def born_contraction_grad(potential: Potential, conf: Configuration, nbrs: Neigh
     keeps (or, rematerialised, recomputes into) all six: 256-atom DimeNet++, one frame, K = 27,
     E_cap = 9581, 2.6 s vs 7.5 s rematerialised (docs/training_modes.md).  One direction at a
     time is fastest on CPU (K = 46: 2.8 s; two or three at a time under vmap 6.4–6.5 s).
+    support: as in `born_contraction`; the cost is proportional to the number of directions
+    (hexagonal constants: 5 instead of 6).
     """
     _check(method, tangent_batch, "born_contraction_grad")
     params, static = eqx.partition(potential, eqx.is_inexact_array)
-    a, lam, vecs = _cotangent_split(ct_stress, ct_tensor, conf.positions.dtype)
+    a, lam, vecs = _cotangent_split(ct_stress, ct_tensor, conf.positions.dtype, support, tangent_batch)
     c = vecs.T @ a  # orthonormal v_k: Σ a_I ∂U/∂η_I = Σ_k c_k ∂U(s v_k)/∂s
     inv_volume = 1.0 / jax.lax.stop_gradient(conf.volume())
 
@@ -174,7 +199,7 @@ def born_contraction_grad(potential: Potential, conf: Configuration, nbrs: Neigh
     def step(acc, chunk):
         return jax.tree_util.tree_map(jnp.add, acc, jax.grad(objective)(params, chunk)), None
 
-    n = 6 // tangent_batch
+    n = lam.shape[0] // tangent_batch
     chunks = (c.reshape(n, tangent_batch), lam.reshape(n, tangent_batch), vecs.T.reshape(n, tangent_batch, 6))
     total, _ = jax.lax.scan(step, jax.tree_util.tree_map(jnp.zeros_like, params), chunks)
     return total

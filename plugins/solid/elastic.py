@@ -18,11 +18,13 @@ hcp use the orthohexagonal cell with a along x, b = √3 a along y and c along z
 """
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fusepot.core.interfaces import Observable
@@ -70,6 +72,19 @@ def project(c, symmetry: str, full_format: str = "matrix"):
     return c if full_format == "matrix" else upper_triangle(c)
 
 
+@functools.lru_cache(maxsize=None)
+def strain_support(symmetry: str, full_format: str = "matrix") -> tuple:
+    """The Voigt indices I for which some output of `project` reads an entry in row or column I
+    of C.  The DiffTRe cotangents of the Born terms vanish outside them, so the Born
+    contraction needs only these strain directions: hexagonal (0, 1, 2, 3, 4) — C66 is implied,
+    never read — cubic and full all six.  Found from the projection's Jacobian, not a table."""
+    with jax.ensure_compile_time_eval():
+        c = jnp.asarray(np.random.default_rng(0).normal(size=(6, 6)))
+        jac = np.asarray(jax.jacobian(lambda m: project(0.5 * (m + m.T), symmetry, full_format))(c)).reshape(-1, 6, 6)
+    used = np.any(jac != 0, axis=(0, 2)) | np.any(jac != 0, axis=(0, 1))
+    return tuple(int(i) for i in np.flatnonzero(used))
+
+
 class ElasticConstants(Observable):
     """Isothermal elastic constants (GPa) by stress fluctuation; see the module docstring."""
 
@@ -82,6 +97,10 @@ class ElasticConstants(Observable):
     needs_potential = True
 
     @property
+    def strain_support(self):
+        return strain_support(self.symmetry, self.full_format)
+
+    @property
     def labels(self):
         return LABELS[self.symmetry] if (self.symmetry != "full" or self.full_format == "upper") else None
 
@@ -91,12 +110,13 @@ class ElasticConstants(Observable):
     def contract(self, potential, frame, nbrs, cotangent):
         """⟨cotangent, per_frame⟩ by second directional derivatives (see born.born_contraction)."""
         return born_contraction(potential, frame.conf, nbrs, cotangent[0], cotangent[1:], self.born_method,
-                                self.tangent_batch)
+                                self.tangent_batch, self.strain_support)
 
     def contract_grad(self, potential, frame, nbrs, cotangent):
-        """∇_θ of `contract`, one strain direction at a time (see born.born_contraction_grad)."""
+        """∇_θ of `contract`, one strain direction at a time (see born.born_contraction_grad);
+        only the directions the symmetry's constants read (`strain_support`)."""
         return born_contraction_grad(potential, frame.conf, nbrs, cotangent[0], cotangent[1:], self.born_method,
-                                     self.tangent_batch)
+                                     self.tangent_batch, self.strain_support)
 
     def tensor(self, weights, values, frames):
         """The full 6×6 tensor (eV/Å³) before symmetry projection."""
