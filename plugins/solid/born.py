@@ -106,12 +106,12 @@ def born_contraction(potential: Potential, conf: Configuration, nbrs: NeighborLi
     cotangents times eV/Å³ — the quantity whose parameter gradient DiffTRe needs.
 
     Equal to contracting `born_terms`, but cheaper to differentiate w.r.t. the potential's
-    parameters: with sym(G) = Σ_k λ_k v_k v_kᵀ, Σ G_IJ H_IJ = Σ_k λ_k ∂²U(s v_k)/∂s² — six
+    parameters: with sym(G) = Σ_k λ_k v_k v_kᵀ, Σ G_IJ H_IJ = Σ_k λ_k ∂²U(s v_k)/∂s² — (up to) six
     second directional derivatives (forward over forward), whose reverse-mode gradient is
     lighter than reverse mode through the linearised strain gradient (a third derivative
     through the potential's own reverse pass): 1.4× for the 256-atom DimeNet++ gradient pass
     (benchmarks/bench_exp_update.py --compare-contraction).  G and a are data (cotangents), not traced.
-    The six directions are evaluated `tangent_batch` at a time (as in `born_terms`).
+    The directions are evaluated `tangent_batch` at a time (as in `born_terms`).
     support: the Voigt indices outside which a and G are zero by construction (an observable that
     reads only some entries of C, e.g. hexagonal symmetry never reads C66), or None for all six;
     only len(support) directions are then taken (see `_cotangent_split`).
