@@ -11,6 +11,16 @@ and then runs the peer, chemtrain's DimeNet++ (`/work/shared/bench/chemtrain_anc
 ratio.  The machine may be shared: compare only figures taken back to back.
 
 Usage: python benchmarks/bench_dimenet_speed.py [--md-steps 400] [--no-peer] [--no-2048]
+           [--timestep-fs 0.5] [--k-margin 1.6] [--edge-margin 1.1]
+
+Like for like.  The peer's script passes dt = 0.0005 with positions in Å, energies in eV and
+masses in amu, in which jax-md's time unit is sqrt(amu Å²/eV) = 10.18 fs: its MD step is
+0.0051 fs, not 0.5 fs, so its 200 steps stay at the displaced lattice.  Its per-step cost does
+not depend on that (its capacities are fixed when it allocates, and overflowing edges are
+dropped), but ours does: our capacities follow the structure.  At 0.5 fs the energy-scaled
+untrained model drifts into a gas-like arrangement at the lattice density (about 45 % more
+edges within 5 Å than hcp, largest degree ~38–46 instead of ~29), and K and E_cap grow with
+it.  `--timestep-fs 0.0051 --k-margin 1.3` times our MD on the peer's trajectory regime.
 """
 from __future__ import annotations
 
@@ -33,6 +43,7 @@ from fusepot.core import neighbors as nb
 from fusepot.core.interfaces import StatePoint
 from fusepot.core.plugins import BuildContext, get_plugin_manager
 from fusepot.core.system import from_ase
+from fusepot.plugins.dimenet.graph import host_counts
 
 PEER_DIR = "/work/shared/bench/chemtrain_anchor"
 PEER_PYTHON = "/tmp/chemtrain-venv/bin/python"
@@ -50,7 +61,7 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def setup(reps: int):
+def setup(reps: int, k_margin: float = 1.6, edge_margin: float = 1.1):
     conf, masses = titanium(reps)
     # an untrained network has random O(eV) per-atom energies without short-range repulsion, so
     # the lattice collapses within a few hundred steps; scale the energy down (same cost) so
@@ -63,7 +74,7 @@ def setup(reps: int):
     # more than the total edge count (with the scaled-down energy it reaches ~1.4x its start
     # value within 200 steps), and the model's cost is linear in K but every padded edge row
     # costs as much as a real one: generous K, tight E_cap.
-    pot = pot.sized_for(conf, nbrs, margin=1.6, edge_margin=1.1)
+    pot = pot.sized_for(conf, nbrs, margin=k_margin, edge_margin=edge_margin)
     return conf, masses, pot, nbrs
 
 
@@ -83,13 +94,14 @@ def time_energy_forces(pot, conf, nbrs, repeats: int):
     return wall, cpu, compile_s, xla_mib
 
 
-def time_md(pot, conf, masses, n_steps: int):
+def time_md(pot, conf, masses, n_steps: int, timestep_fs: float = 0.5):
     pm = get_plugin_manager()
     steps_per_frame = 100
     frames = max(1, n_steps // steps_per_frame)
     ens = pm.build("ensemble", "nvt_langevin",
-                   {"timestep_fs": 0.5, "production_ps": frames * steps_per_frame * 0.5e-3,
-                    "sample_every_ps": steps_per_frame * 0.5e-3, "neighbor_skin": SKIN, "chunk_frames": frames},
+                   {"timestep_fs": timestep_fs, "production_ps": frames * steps_per_frame * timestep_fs * 1e-3,
+                    "sample_every_ps": steps_per_frame * timestep_fs * 1e-3, "neighbor_skin": SKIN,
+                    "chunk_frames": frames},
                    BuildContext(species=["Ti"], dtype=jnp.float32))
     sp = StatePoint(jnp.float32(323.0))
     key = jax.random.PRNGKey(1)
@@ -125,23 +137,31 @@ def main(argv=None):
     ap.add_argument("--ef-repeats", type=int, default=20)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-2048", action="store_true")
+    ap.add_argument("--timestep-fs", type=float, default=0.5, help="MD step (the peer's effective step: 0.0051)")
+    ap.add_argument("--k-margin", type=float, default=1.6, help="K = margin x the start's largest degree (+1)")
+    ap.add_argument("--edge-margin", type=float, default=1.1, help="E_cap = margin x the start's edges (+16)")
     args = ap.parse_args(argv)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} (others share this machine)")
 
-    conf, masses, pot, nbrs = setup(4)
+    conf, masses, pot, nbrs = setup(4, args.k_margin, args.edge_margin)
     n = conf.n_atoms
     print(f"[ours] {n} atoms, float32, K = {pot.max_neighbors} neighbors/atom, E_cap = {pot.edge_capacity} edges, "
           f"neighbor list capacity {nbrs.capacity}")
     wall, cpu, comp, xla = time_energy_forces(pot, conf, nbrs, args.ef_repeats)
     print(f"[ours] energy+force eval/s = {1 / wall:.2f} ({wall * 1e3:.1f} ms wall, {cpu * 1e3:.1f} ms CPU; "
           f"compile {comp:.1f} s); XLA buffers {xla:.0f} MiB")
-    md_wall, md_cpu, md_comp, traj, md_pot = time_md(pot, conf, masses, args.md_steps)
-    print(f"[ours] md steps/s = {md_wall:.2f} (CPU-time rate {md_cpu:.2f}/s; {args.md_steps} steps, "
+    md_wall, md_cpu, md_comp, traj, md_pot = time_md(pot, conf, masses, args.md_steps, args.timestep_fs)
+    print(f"[ours] md steps/s = {md_wall:.2f} (CPU-time rate {md_cpu:.2f}/s; {args.md_steps} steps of "
+          f"{args.timestep_fs} fs, "
           f"first run incl. compile {md_comp:.1f} s); peak RSS so far {rss_mib():.0f} MiB; "
           f"K = {md_pot.max_neighbors}, E_cap = {md_pot.edge_capacity} after the run")
+    last = conf.replace(positions=traj.positions[-1])
+    e_last, d_last = host_counts(last, nb.allocate(last.positions, last.box, pot.cutoff, SKIN), pot.cutoff)
+    e_0, d_0 = host_counts(conf, nbrs, pot.cutoff)
     print(f"[ours] final frame: U = {float(traj.ref_energy[-1]):.3f} eV, finite = "
-          f"{bool(np.all(np.isfinite(np.asarray(traj.positions))))}")
+          f"{bool(np.all(np.isfinite(np.asarray(traj.positions))))}; edges within the cutoff {e_last} "
+          f"(start {e_0}), largest degree {d_last} (start {d_0})")
 
     if not args.no_peer:
         print(f"load average before chemtrain {os.getloadavg()[0]:.1f}")
