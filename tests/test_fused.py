@@ -202,3 +202,37 @@ def test_fused_resume_mid_epoch_is_bitwise_identical(setup, monkeypatch):
         np.testing.assert_array_equal(a[k], b[k])
     la = [json.loads(l)["epoch"] for l in (cut / "metrics.jsonl").read_text().splitlines()]
     assert la == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_fused_kill_9_then_resume_matches_uninterrupted(setup):
+    """A real SIGKILL of `fusepot run` (fused) after its first fused-epoch checkpoint, then
+    `--resume`: bitwise the same final parameters as an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    d, target_b = setup
+    trainer = "{kind: fused, epochs: 6, reuse_threshold: 0.9, dft_optimizer: {name: adam, learning_rate: 0.00001}}"
+    spec = d / "kill9.yaml"
+    spec.write_text(_spec_text(target_b, trainer).replace("epochs: 25", "epochs: 4"))
+    run = [sys.executable, "-m", "fusepot.core.cli", "run", str(spec), "--quiet", "--out"]
+    full, cut = d / "kill9_full", d / "kill9_cut"
+    assert subprocess.run(run + [str(full)]).returncode == 0
+    proc = subprocess.Popen(run + [str(cut)])
+    meta = cut / "checkpoint" / "fused.json"
+    t0 = time.time()
+    while not (meta.exists() and json.loads(meta.read_text())["epoch"] >= 1):
+        assert proc.poll() is None and time.time() - t0 < 600
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(meta.read_text())["epoch"]
+    print(f"\nkilled after fused epoch {killed_at} of 6")
+    assert killed_at < 6 and not (cut / "final_potential.npz").exists()
+    assert subprocess.run(run + [str(cut), "--resume"]).returncode == 0
+    a, b = np.load(full / "final_potential.npz"), np.load(cut / "final_potential.npz")
+    assert a.files == b.files
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])
