@@ -104,7 +104,7 @@ SPEC = """
 seed: 2
 dtype: float64
 system: {{crystal: {{element: Ar, structure: fcc, a: 5.26, cubic: true}}, supercell: [2, 2, 2]}}
-potential: {{name: lennard_jones, params: {{epsilon: 0.0115, sigma: 3.33, cutoff: 8.5, cutoff_in_sigma: false}}}}
+potential: {{name: lennard_jones, params: {{epsilon: 0.0115, sigma: 3.33, cutoff: {cutoff}, cutoff_in_sigma: false}}}}
 dft:
   data: {{paths: [dft.extxyz], split: [0.7, 0.15, 0.15]}}
   train: {{epochs: 25, batch_size: 7, learning_rate: 0.02, patience: 100}}
@@ -128,7 +128,8 @@ optimizer: {{name: adam, learning_rate: 0.01, params: {{b1: 0.5}}, schedule: {{n
 
 def _spec_text(target_b, trainer):
     (p_b, _), (c_b, _) = target_b
-    return textwrap.dedent(SPEC.format(target=p_b, elastic=[round(float(x), 5) for x in c_b], trainer=trainer))
+    return textwrap.dedent(SPEC.format(target=p_b, elastic=[round(float(x), 5) for x in c_b], trainer=trainer,
+                                       cutoff=CUTOFF))
 
 
 def _run(d, name, trainer, target_b):
