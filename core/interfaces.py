@@ -193,7 +193,7 @@ class Observable(eqx.Module):
         The DiffTRe engine calls it only for observables that override it; the others are
         folded into one reverse pass with the energy.  Override it when the gradient is cheaper
         assembled piece by piece than by reverse mode through `contract` (the elastic constants
-        sum six directional second derivatives: a loop of gradients is 3x cheaper than the
+        sum up to six directional second derivatives: a loop of gradients is 3x cheaper than the
         gradient of a loop); it must equal this default.
         """
         params, static = eqx.partition(potential, eqx.is_inexact_array)

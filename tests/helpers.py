@@ -64,3 +64,31 @@ def make_run(run, spec_text=SMALL_RUN_SPEC, trained=None):
     # "trained" parameters differ from the spec's initial ones, so loading is visible
     save_tree(run / "final_potential.npz", trained or lj_argon(epsilon=0.0110, sigma=3.30))
     return run
+
+
+def sigkill_after_checkpoint(cmd, meta, key: str, timeout_s: float = 600.0, poll_s: float = 0.05):
+    """Start `cmd` (a `fusepot run` command line), wait until its checkpoint JSON `meta` holds
+    `key` >= 1, kill it with SIGKILL and return the value of `key` at that moment."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd)
+    t0 = time.time()
+    while not (meta.exists() and json.loads(meta.read_text())[key] >= 1):
+        assert proc.poll() is None and time.time() - t0 < timeout_s
+        time.sleep(poll_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return json.loads(meta.read_text())[key]
+
+
+def assert_same_final_parameters(run_a, run_b):
+    """The two run folders' final_potential.npz hold the same arrays, bitwise."""
+    import numpy as np
+
+    a, b = np.load(run_a / "final_potential.npz"), np.load(run_b / "final_potential.npz")
+    assert a.files == b.files
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])

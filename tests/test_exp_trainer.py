@@ -92,29 +92,16 @@ def test_multi_stage_protocol_in_the_spec(tmp_path):
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     """A real SIGKILL of `fusepot run` after its first checkpoint, then --resume: same final parameters."""
-    import signal
-    import time
+    from helpers import assert_same_final_parameters, sigkill_after_checkpoint
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC.read_text().replace("updates: 2", "updates: 4"))
-    full = tmp_path / "full"
-    assert subprocess.run([sys.executable, "-m", "fusepot.core.cli", "run", str(spec), "--out", str(full), "--quiet"]
-                          ).returncode == 0
-    cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "fusepot.core.cli", "run", str(spec), "--out", str(cut), "--quiet"])
-    meta = cut / "checkpoint" / "meta.json"
-    t0 = time.time()
-    while not (meta.exists() and json.loads(meta.read_text())["update"] >= 1):
-        assert proc.poll() is None and time.time() - t0 < 600
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert json.loads(meta.read_text())["update"] < 4
-    assert subprocess.run([sys.executable, "-m", "fusepot.core.cli", "run", str(spec), "--out", str(cut), "--quiet",
-                           "--resume"]).returncode == 0
-    a, b = np.load(full / "final_potential.npz"), np.load(cut / "final_potential.npz")
-    for k in a.files:
-        np.testing.assert_array_equal(a[k], b[k])
+    run = [sys.executable, "-m", "fusepot.core.cli", "run", str(spec), "--quiet", "--out"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert subprocess.run(run + [str(full)]).returncode == 0
+    assert sigkill_after_checkpoint(run + [str(cut)], cut / "checkpoint" / "meta.json", "update", poll_s=0.2) < 4
+    assert subprocess.run(run + [str(cut), "--resume"]).returncode == 0
+    assert_same_final_parameters(full, cut)
 
 
 

@@ -9,23 +9,20 @@ bound.  All numbers are printed.
 """
 import json
 import textwrap
-from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from fusepot.core import cli, mechanics, neighbors
-from fusepot.core.build import build_potential, build_system
+from fusepot.core.build import build_potential
 from fusepot.core.checkpoint import load_tree
 from fusepot.core.spec import load_spec
 
-from helpers import short_trajectory
+from helpers import assert_same_final_parameters, short_trajectory, sigkill_after_checkpoint
 
 # eV/Å: allowed rise of the DFT test force RMSE, fused vs DFT-only.  The two teachers cannot both
 # be matched by a 2-parameter LJ (forces pin σ and ε), so the fused model pays in force error:
@@ -198,9 +195,7 @@ def test_fused_resume_mid_epoch_is_bitwise_identical(setup, monkeypatch):
     monkeypatch.setattr(dft_mod.DFTTrainer, "epoch", real_epoch)
     assert json.loads((cut / "checkpoint" / "fused.json").read_text())["epoch"] == 1
     assert cli.main(["run", str(spec), "--out", str(cut), "--quiet", "--resume"]) == 0
-    a, b = np.load(full / "final_potential.npz"), np.load(cut / "final_potential.npz")
-    for k in a.files:
-        np.testing.assert_array_equal(a[k], b[k])
+    assert_same_final_parameters(full, cut)
     la = [json.loads(l)["epoch"] for l in (cut / "metrics.jsonl").read_text().splitlines()]
     assert la == [1, 2, 3]
 
@@ -209,10 +204,8 @@ def test_fused_resume_mid_epoch_is_bitwise_identical(setup, monkeypatch):
 def test_fused_kill_9_then_resume_matches_uninterrupted(setup):
     """A real SIGKILL of `fusepot run` (fused) after its first fused-epoch checkpoint, then
     `--resume`: bitwise the same final parameters as an uninterrupted run."""
-    import signal
     import subprocess
     import sys
-    import time
 
     d, target_b = setup
     trainer = "{kind: fused, epochs: 6, reuse_threshold: 0.9, dft_optimizer: {name: adam, learning_rate: 0.00001}}"
@@ -221,19 +214,8 @@ def test_fused_kill_9_then_resume_matches_uninterrupted(setup):
     run = [sys.executable, "-m", "fusepot.core.cli", "run", str(spec), "--quiet", "--out"]
     full, cut = d / "kill9_full", d / "kill9_cut"
     assert subprocess.run(run + [str(full)]).returncode == 0
-    proc = subprocess.Popen(run + [str(cut)])
-    meta = cut / "checkpoint" / "fused.json"
-    t0 = time.time()
-    while not (meta.exists() and json.loads(meta.read_text())["epoch"] >= 1):
-        assert proc.poll() is None and time.time() - t0 < 600
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = json.loads(meta.read_text())["epoch"]
+    killed_at = sigkill_after_checkpoint(run + [str(cut)], cut / "checkpoint" / "fused.json", "epoch")
     print(f"\nkilled after fused epoch {killed_at} of 6")
     assert killed_at < 6 and not (cut / "final_potential.npz").exists()
     assert subprocess.run(run + [str(cut), "--resume"]).returncode == 0
-    a, b = np.load(full / "final_potential.npz"), np.load(cut / "final_potential.npz")
-    assert a.files == b.files
-    for k in a.files:
-        np.testing.assert_array_equal(a[k], b[k])
+    assert_same_final_parameters(full, cut)
