@@ -11,16 +11,26 @@ and then runs the peer, chemtrain's DimeNet++ (`/work/shared/bench/chemtrain_anc
 ratio.  The machine may be shared: compare only figures taken back to back.
 
 Usage: python benchmarks/bench_dimenet_speed.py [--md-steps 400] [--no-peer] [--no-2048]
-           [--timestep-fs 0.5] [--k-margin 1.6] [--edge-margin 1.1]
+           [--model trained|random|PATH.npz] [--timestep-fs 0.5] [--k-margin K] [--edge-margin E]
+
+Model.  By default (`--model trained`) the paper-size DimeNet++ of `benchmarks/data/`
+(ti_dimenet_paper_size.npz: plugin defaults, briefly trained on the CHGNet-labelled stand-in set
+of the titanium example; regenerate it with the spec beside it) so that the 0.5 fs trajectory
+is a thermal hcp solid, as in production MD.  Capacities are sized like the library's default
+(`sized_for`, margins 1.15 for K and 1.05 for E_cap) on the start and grown by the MD driver
+when the thermal structure needs more (once, during the untimed first run).  Its cost per step
+is the same as any model of that size: only the capacities (hence the structure) matter.
+`--model random` is the untrained, energy-scaled network used before (below).
 
 Like for like.  The peer's script passes dt = 0.0005 with positions in Å, energies in eV and
 masses in amu, in which jax-md's time unit is sqrt(amu Å²/eV) = 10.18 fs: its MD step is
 0.0051 fs, not 0.5 fs, so its 200 steps stay at the displaced lattice.  Its per-step cost does
 not depend on that (its capacities are fixed when it allocates, and overflowing edges are
 dropped), but ours does: our capacities follow the structure.  At 0.5 fs the energy-scaled
-untrained model drifts into a gas-like arrangement at the lattice density (about 45 % more
-edges within 5 Å than hcp, largest degree ~38–46 instead of ~29), and K and E_cap grow with
-it.  `--timestep-fs 0.0051 --k-margin 1.3` times our MD on the peer's trajectory regime.
+untrained model (`--model random`) drifts into a gas-like arrangement at the lattice density
+(about 45 % more edges within 5 Å than hcp, largest degree ~38–46 instead of ~29), and K and
+E_cap grow with it.  `--model random --timestep-fs 0.0051 --k-margin 1.3` times our MD on the
+peer's trajectory regime.
 """
 from __future__ import annotations
 
@@ -39,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fusepot.core import mechanics
+from fusepot.core.checkpoint import load_tree
 from fusepot.core import neighbors as nb
 from fusepot.core.interfaces import StatePoint
 from fusepot.core.plugins import BuildContext, get_plugin_manager
@@ -47,6 +58,8 @@ from fusepot.plugins.dimenet.graph import host_counts
 
 PEER_DIR = "/work/shared/bench/chemtrain_anchor"
 PEER_PYTHON = "/tmp/chemtrain-venv/bin/python"
+TRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "ti_dimenet_paper_size.npz")
+TRAINED_PARAMS = {"energy_shift": -7.76}  # as in data/ti_dimenet_paper_size.yaml
 SKIN = 0.5  # Å, the ensemble's default neighbor skin
 ENERGY_SCALE = 0.01
 
@@ -61,20 +74,32 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def setup(reps: int, k_margin: float = 1.6, edge_margin: float = 1.1):
+def build_model(model: str):
+    """(potential, default K margin, default E_cap margin) for `--model`."""
+    pm, ctx = get_plugin_manager(), BuildContext(species=["Ti"], dtype=jnp.float32)
+    if model == "random":
+        # an untrained network has random O(eV) per-atom energies without short-range repulsion,
+        # so the lattice collapses within a few hundred steps; scale the energy down (same cost)
+        # so the run stays a thermal solid-like trajectory (it still drifts: see the docstring).
+        # Generous K: the largest degree drifts far more than the total edge count (it reaches
+        # ~1.4x its start value within 200 steps); tight E_cap: every padded row costs.
+        return pm.build("potential", "dimenet_pp", {"energy_scale": ENERGY_SCALE}, ctx), 1.6, 1.1
+    path = TRAINED if model == "trained" else model
+    if not os.path.exists(path):
+        raise SystemExit(f"--model {model}: {path} not found (regenerate it with benchmarks/data/"
+                         f"ti_dimenet_paper_size.yaml, or use --model random)")
+    like = pm.build("potential", "dimenet_pp", TRAINED_PARAMS, ctx)
+    return load_tree(path, like), 1.15, 1.05
+
+
+def setup(reps: int, k_margin=None, edge_margin=None, model: str = "random"):
     conf, masses = titanium(reps)
-    # an untrained network has random O(eV) per-atom energies without short-range repulsion, so
-    # the lattice collapses within a few hundred steps; scale the energy down (same cost) so
-    # the run stays a thermal solid-like trajectory
-    pot = get_plugin_manager().build("potential", "dimenet_pp", {"energy_scale": ENERGY_SCALE},
-                                     BuildContext(species=["Ti"], dtype=jnp.float32))
+    pot, k_default, e_default = build_model(model)
     nbrs = nb.allocate(conf.positions, conf.box, pot.cutoff, SKIN)
     # fixed buffers with room for fluctuations of the coordination (the MD driver grows them,
-    # recompiling once, if a later configuration needs more).  The largest degree drifts far
-    # more than the total edge count (with the scaled-down energy it reaches ~1.4x its start
-    # value within 200 steps), and the model's cost is linear in K but every padded edge row
-    # costs as much as a real one: generous K, tight E_cap.
-    pot = pot.sized_for(conf, nbrs, margin=k_margin, edge_margin=edge_margin)
+    # recompiling once, if a later configuration needs more)
+    pot = pot.sized_for(conf, nbrs, margin=k_default if k_margin is None else k_margin,
+                        edge_margin=e_default if edge_margin is None else edge_margin)
     return conf, masses, pot, nbrs
 
 
@@ -138,13 +163,17 @@ def main(argv=None):
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-2048", action="store_true")
     ap.add_argument("--timestep-fs", type=float, default=0.5, help="MD step (the peer's effective step: 0.0051)")
-    ap.add_argument("--k-margin", type=float, default=1.6, help="K = margin x the start's largest degree (+1)")
-    ap.add_argument("--edge-margin", type=float, default=1.1, help="E_cap = margin x the start's edges (+16)")
+    ap.add_argument("--model", default="trained", help="trained (benchmarks/data), random, or a .npz of the paper-size model")
+    ap.add_argument("--k-margin", type=float, default=None,
+                    help="K = margin x the start's largest degree (+1); default 1.15 (trained), 1.6 (random)")
+    ap.add_argument("--edge-margin", type=float, default=None,
+                    help="E_cap = margin x the start's edges (+16); default 1.05 (trained), 1.1 (random)")
     args = ap.parse_args(argv)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} (others share this machine)")
 
-    conf, masses, pot, nbrs = setup(4, args.k_margin, args.edge_margin)
+    conf, masses, pot, nbrs = setup(4, args.k_margin, args.edge_margin, args.model)
+    print(f"[ours] model: {args.model}")
     n = conf.n_atoms
     print(f"[ours] {n} atoms, float32, K = {pot.max_neighbors} neighbors/atom, E_cap = {pot.edge_capacity} edges, "
           f"neighbor list capacity {nbrs.capacity}")
@@ -173,7 +202,7 @@ def main(argv=None):
             print(f"ratio ours/chemtrain: energy+force {1 / wall / peer[0]:.2f}x, md steps {md_wall / peer[1]:.2f}x")
 
     if not args.no_2048:
-        conf8, _, pot8, nbrs8 = setup(8)
+        conf8, _, pot8, nbrs8 = setup(8, model=args.model)
         wall8, cpu8, comp8, xla8 = time_energy_forces(pot8, conf8, nbrs8, 3)
         print(f"[ours] {conf8.n_atoms} atoms: energy+force eval/s = {1 / wall8:.2f} ({wall8 * 1e3:.0f} ms wall, "
               f"{cpu8 * 1e3:.0f} ms CPU), K = {pot8.max_neighbors}; XLA buffers {xla8:.0f} MiB; "
