@@ -16,7 +16,7 @@ Usage: python benchmarks/bench_dimenet_speed.py [--md-steps 400] [--no-peer] [--
 Model.  By default (`--model trained`) the paper-size DimeNet++ of `benchmarks/data/`
 (ti_dimenet_paper_size.npz: plugin defaults, briefly trained on the CHGNet-labelled stand-in set
 of the titanium example; regenerate it with the spec beside it) so that the 0.5 fs trajectory
-is a thermal hcp solid, as in production MD.  Capacities are sized like the library's default
+is a thermal solid (not a gas), as in production MD.  Capacities are sized like the library's default
 (`sized_for`, margins 1.15 for K and 1.05 for E_cap) on the start and grown by the MD driver
 when the thermal structure needs more (once, during the untimed first run).  Its cost per step
 is the same as any model of that size: only the capacities (hence the structure) matter.

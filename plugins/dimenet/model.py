@@ -28,7 +28,6 @@ from . import basis
 from .graph import Graph, active_edges, build_graph, default_edge_capacity, default_max_neighbors, degrees, host_counts
 
 
-
 def swish(x):
     """x·σ(x) with σ(x) = (1 + tanh(x/2))/2: the same function as jax.nn.silu (to rounding);
     on CPU its forward and backward passes are cheaper than the logistic form's (one tanh,
