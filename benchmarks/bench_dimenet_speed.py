@@ -47,6 +47,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 
 from fusepot.core import mechanics
 from fusepot.core.checkpoint import load_tree
@@ -59,7 +60,7 @@ from fusepot.plugins.dimenet.graph import host_counts
 PEER_DIR = "/work/shared/bench/chemtrain_anchor"
 PEER_PYTHON = "/tmp/chemtrain-venv/bin/python"
 TRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "ti_dimenet_paper_size.npz")
-TRAINED_PARAMS = {"energy_shift": -7.76}  # as in data/ti_dimenet_paper_size.yaml
+TRAINED_SPEC = TRAINED[:-len(".npz")] + ".yaml"  # the spec that trained it: its potential params
 SKIN = 0.5  # Å, the ensemble's default neighbor skin
 ENERGY_SCALE = 0.01
 
@@ -88,7 +89,9 @@ def build_model(model: str):
     if not os.path.exists(path):
         raise SystemExit(f"--model {model}: {path} not found (regenerate it with benchmarks/data/"
                          f"ti_dimenet_paper_size.yaml, or use --model random)")
-    like = pm.build("potential", "dimenet_pp", TRAINED_PARAMS, ctx)
+    with open(TRAINED_SPEC) as fh:
+        params = yaml.safe_load(fh)["potential"]["params"]
+    like = pm.build("potential", "dimenet_pp", params, ctx)
     return load_tree(path, like), 1.15, 1.05
 
 

@@ -90,6 +90,14 @@ def spherical_jl(l: int, x):
     return jnp.where(small, _jl_series(l, xs), _jl_closed(l, xl)[l])
 
 
+def _matmul_operand(matrix: np.ndarray, dtype):
+    """A host-side constant matrix as the right operand of a matmul, behind an optimization
+    barrier: as a compile-time constant XLA rewrites the product into broadcast multiply-adds
+    and fuses them into every consumer (a gather into the slot layout then recomputes them per
+    slot: ~20x the cost of the matmul on CPU, measured for the harmonic features)."""
+    return jax.lax.optimization_barrier(jnp.asarray(matrix, dtype))
+
+
 @functools.lru_cache(maxsize=None)
 def spherical_radial_chebyshev(n_spherical: int, n_radial: int, degree: int = 35) -> np.ndarray:
     """(degree + 1, L·R): Chebyshev coefficients, in t = 2x − 1, of g_ln(x) = N_ln j_l(z_ln x)
@@ -126,9 +134,7 @@ def spherical_radial(x, n_spherical: int, n_radial: int, p: int = 6):
     fraction of the 2·L·R sines and cosines (and power series) of the closed forms, forward and
     backward.  `spherical_jl` keeps the closed forms (tests compare the two)."""
     coef = spherical_radial_chebyshev(n_spherical, n_radial)
-    # behind a barrier the coefficients are no compile-time constant, so XLA keeps the product
-    # a matmul instead of unrolling it into broadcast multiply-adds fused into each consumer
-    w = jax.lax.optimization_barrier(jnp.asarray(coef, x.dtype))
+    w = _matmul_operand(coef, x.dtype)
     t = 2.0 * x - 1.0
     cheb = [jnp.ones_like(t), t]
     for _ in range(2, coef.shape[0]):
@@ -241,8 +247,4 @@ def harmonic_features(u, n_spherical: int):
     unit vectors (`legendre_sphere_factors`); 49 features for n_spherical = 7.  One matmul of the
     monomials with the block-diagonal factor matrix."""
     mono = unit_monomials(u, n_spherical)
-    # behind a barrier the factor matrix is not a compile-time constant: XLA would otherwise
-    # rewrite the product as 84 broadcast multiply-adds and fuse them into every consumer
-    # (the slot gather then recomputes them per slot, ~20x the cost of the matmul on CPU)
-    w = jax.lax.optimization_barrier(jnp.asarray(harmonic_feature_matrix(n_spherical), mono.dtype))
-    return mono @ w
+    return mono @ _matmul_operand(harmonic_feature_matrix(n_spherical), mono.dtype)
