@@ -191,6 +191,12 @@ def main(argv=None):
     last = conf.replace(positions=traj.positions[-1])
     e_last, d_last = host_counts(last, nb.allocate(last.positions, last.box, pot.cutoff, SKIN), pot.cutoff)
     e_0, d_0 = host_counts(conf, nbrs, pot.cutoff)
+    # solid or not: RMS displacement of the last frame from the start (minimum image, orthorhombic box)
+    disp = np.array(last.positions - conf.positions)
+    box = np.diag(np.asarray(conf.box))
+    disp -= box * np.round(disp / box)
+    print(f"[ours] final frame: RMS displacement from the start {np.sqrt(np.mean(np.sum(disp ** 2, axis=1))):.3f} Å "
+          f"({2 * args.md_steps} steps after the start)")
     print(f"[ours] final frame: U = {float(traj.ref_energy[-1]):.3f} eV, finite = "
           f"{bool(np.all(np.isfinite(np.asarray(traj.positions))))}; edges within the cutoff {e_last} "
           f"(start {e_0}), largest degree {d_last} (start {d_0})")
